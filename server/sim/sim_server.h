@@ -1,0 +1,91 @@
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+namespace videogen::sim {
+
+// Which request family a fault applies to.
+enum class Endpoint { kCreate, kPoll };
+
+// Kinds of injected fault (design.md §1 quirks and network failures).
+enum class FaultKind {
+  k429,  // 429 with a Retry-After header
+  k429NoRetryAfter,
+  k500,
+  k502,
+  k503,
+  k504,
+  kSlow,           // answers after SimOptions::slow_delay
+  kReset,          // closes the connection in the middle of the response
+  kMalformedJson,  // 200 with a body that is not JSON
+  kOddStatus,      // poll answers `waiting`/`active`/`succeeded` variants
+};
+
+// When a fault fires: with probability `rate`, or on every `every_nth`
+// request to the endpoint (both may be set; either triggers it).
+struct FaultRule {
+  Endpoint endpoint = Endpoint::kPoll;
+  FaultKind kind = FaultKind::k500;
+  double rate = 0;
+  int every_nth = 0;
+};
+
+struct SimOptions {
+  std::string host = "127.0.0.1";
+  int port = 0;  // 0 picks a free port
+  std::string api_key = "sim-key";
+  absl::Duration queued_for = absl::Seconds(1);      // queued -> generating
+  absl::Duration generating_for = absl::Seconds(2);  // generating -> done
+  double error_rate = 0;  // share of jobs that end in `error`
+  absl::Duration slow_delay = absl::Seconds(3);
+  int retry_after_seconds = 1;  // value sent with FaultKind::k429
+  std::vector<FaultRule> faults;
+  uint64_t seed = 1;
+};
+
+// Counters, readable in-process and as JSON at GET /sim/stats.
+struct SimStats {
+  std::map<std::string, int64_t> requests_by_path;  // "POST /v2/..." -> n
+  std::map<std::string, int64_t> polls_by_id;       // upstream id -> n
+  std::map<std::string, int64_t> faults_by_kind;    // "500" -> n
+  int64_t submits = 0;  // accepted creates (jobs made)
+  // Last X-Client-Request-Id and traceparent seen, per upstream id.
+  std::map<std::string, std::string> client_request_id_by_id;
+  std::map<std::string, std::string> traceparent_by_id;
+};
+
+// A simulated AI/ML API speaking real HTTP/1.1 (cpp-httplib). Thread-safe:
+// the server runs its own threads; every public method may be called from
+// any thread.
+class SimServer {
+ public:
+  explicit SimServer(SimOptions options);
+  ~SimServer();  // stops if running
+  SimServer(const SimServer&) = delete;
+  SimServer& operator=(const SimServer&) = delete;
+
+  // Binds and starts serving in the background. Returns once listening.
+  absl::Status Start();
+  void Stop();
+
+  int port() const;
+  std::string base_url() const;  // "http://127.0.0.1:PORT"
+
+  SimStats Stats() const;
+  void ResetStats();
+  // Replaces the fault rules at run time.
+  void SetFaults(std::vector<FaultRule> faults);
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace videogen::sim
