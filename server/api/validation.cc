@@ -1,0 +1,194 @@
+#include "server/api/validation.h"
+
+#include <algorithm>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace videogen::api {
+namespace {
+
+// Counts Unicode code points, which is what Kling's limit counts.
+int CountChars(const std::string& s) {
+  int n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+bool IsRequestIdChar(char c) {
+  return absl::ascii_isalnum(c) || c == '.' || c == '_' || c == ':' || c == '-';
+}
+
+bool IsLabelKey(const std::string& key) {
+  if (key.empty() || key.size() > kMaxLabelChars) return false;
+  if (!absl::ascii_islower(key[0])) return false;
+  for (char c : key) {
+    if (!(absl::ascii_islower(c) || absl::ascii_isdigit(c) || c == '_' ||
+          c == '-')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+absl::Status Invalid(absl::string_view message) {
+  return absl::InvalidArgumentError(message);
+}
+
+absl::Status ValidatePrompt(const v1::GenerateRequest& r) {
+  if (absl::StripAsciiWhitespace(r.prompt()).empty()) {
+    return Invalid("prompt is required: describe what the video should show");
+  }
+  if (CountChars(r.prompt()) > kMaxPromptChars) {
+    return Invalid(absl::StrCat("prompt has ", CountChars(r.prompt()),
+                                " characters; the limit is ", kMaxPromptChars));
+  }
+  if (CountChars(r.negative_prompt()) > kMaxPromptChars) {
+    return Invalid(absl::StrCat("negative_prompt has ",
+                                CountChars(r.negative_prompt()),
+                                " characters; the limit is ", kMaxPromptChars));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateShape(v1::GenerateRequest& r) {
+  if (r.aspect_ratio().empty()) r.set_aspect_ratio("16:9");
+  const std::string& ar = r.aspect_ratio();
+  if (ar != "16:9" && ar != "9:16" && ar != "1:1") {
+    return Invalid(absl::StrCat("aspect_ratio \"", ar,
+                                "\" is not supported; use 16:9, 9:16 or 1:1"));
+  }
+  if (r.duration_seconds() == 0) r.set_duration_seconds(5);
+  if (r.duration_seconds() != 5 && r.duration_seconds() != 10) {
+    return Invalid(absl::StrCat("duration_seconds ", r.duration_seconds(),
+                                " is not supported; use 5 or 10"));
+  }
+  if (r.has_cfg_scale() &&
+      !(r.cfg_scale() >= 0.0f && r.cfg_scale() <= 1.0f)) {  // NaN fails too
+    return Invalid(absl::StrCat("cfg_scale ", r.cfg_scale(),
+                                " is out of range; use a value in [0, 1]"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateRequestId(const std::string& id) {
+  if (id.empty()) return absl::OkStatus();  // not idempotent, but allowed
+  bool charset_ok = true;
+  for (char c : id) charset_ok = charset_ok && IsRequestIdChar(c);
+  if (id.size() > kMaxRequestIdChars || !charset_ok) {
+    return Invalid(absl::StrCat(
+        "request_id must be 1-", kMaxRequestIdChars,
+        " characters of [A-Za-z0-9._:-] (a UUID is a good choice); got ",
+        id.size(), " characters", charset_ok ? "" : " with other characters"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateLabels(
+    const google::protobuf::Map<std::string, std::string>& labels) {
+  if (labels.size() > kMaxLabels) {
+    return Invalid(absl::StrCat("labels has ", labels.size(),
+                                " entries; the limit is ", kMaxLabels));
+  }
+  for (const auto& [key, value] : labels) {
+    if (!IsLabelKey(key)) {
+      return Invalid(absl::StrCat(
+          "label key \"", key.substr(0, 80), "\" is invalid: use 1-",
+          kMaxLabelChars, " characters of [a-z0-9_-] starting with a letter"));
+    }
+    if (CountChars(value) > kMaxLabelChars) {
+      return Invalid(
+          absl::StrCat("label \"", key, "\" value has ", CountChars(value),
+                       " characters; the limit is ", kMaxLabelChars));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::vector<std::string> DefaultModels() {
+  return {
+      "klingai/v2-master-text-to-video",
+      "klingai/v2-master-image-to-video",
+      "klingai/v2.1-master-text-to-video",
+      "klingai/v2.1-master-image-to-video",
+      "kling-video/v1/standard/text-to-video",
+      "kling-video/v1/standard/image-to-video",
+      "kling-video/v1/pro/text-to-video",
+      "kling-video/v1/pro/image-to-video",
+      "kling-video/v1.6/standard/text-to-video",
+      "kling-video/v1.6/standard/image-to-video",
+      "kling-video/v1.6/pro/text-to-video",
+      "kling-video/v1.6/pro/image-to-video",
+  };
+}
+
+Validator::Validator(std::vector<std::string> models)
+    : models_(models.begin(), models.end()),
+      models_text_(absl::StrJoin(models_, ", ")) {}
+
+absl::Status Validator::ValidateAndDefault(v1::GenerateRequest& r) const {
+  if (absl::Status s = ValidateRequestId(r.request_id()); !s.ok()) return s;
+  if (absl::Status s = ValidatePrompt(r); !s.ok()) return s;
+  if (r.model().empty()) r.set_model(kDefaultModel);
+  if (absl::Status s = ValidateModel(r); !s.ok()) return s;
+  if (absl::Status s = ValidateShape(r); !s.ok()) return s;
+  return ValidateLabels(r.labels());
+}
+
+absl::Status Validator::ValidateModel(const v1::GenerateRequest& r) const {
+  if (models_.count(r.model()) == 0) {
+    return Invalid(
+        absl::StrCat("model \"", r.model().substr(0, 120),
+                     "\" is not supported; use one of: ", models_text_));
+  }
+  const bool image_model = absl::StrContains(r.model(), "image-to-video");
+  const std::string& url = r.image_url();
+  if (image_model && url.empty()) {
+    return Invalid(absl::StrCat("image_url is required for model ", r.model(),
+                                " (an http or https URL of the source image)"));
+  }
+  if (!image_model && !url.empty()) {
+    return Invalid(
+        absl::StrCat("image_url is only allowed for image-to-video "
+                     "models; model ",
+                     r.model(), " is text-to-video"));
+  }
+  if (!url.empty() && (url.size() > kMaxImageUrlChars ||
+                       !(absl::StartsWith(url, "http://") ||
+                         absl::StartsWith(url, "https://")))) {
+    return Invalid(
+        absl::StrCat("image_url must be an http or https URL of at "
+                     "most ",
+                     kMaxImageUrlChars, " characters"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Validator::ValidateId(const std::string& id) {
+  if (id.empty()) return Invalid("id is required");
+  if (id.size() > 128)
+    return Invalid("id is too long (at most 128 characters)");
+  return absl::OkStatus();
+}
+
+absl::Status Validator::ValidateLabelFilter(
+    const google::protobuf::Map<std::string, std::string>& labels) {
+  return ValidateLabels(labels);
+}
+
+absl::Status Validator::ValidatePageSize(int page_size, int* effective) {
+  if (page_size < 0) {
+    return Invalid(absl::StrCat("page_size ", page_size,
+                                " is negative; use 0 for the default (",
+                                kDefaultPageSize, ") or up to ", kMaxPageSize));
+  }
+  *effective =
+      page_size == 0 ? kDefaultPageSize : std::min(page_size, kMaxPageSize);
+  return absl::OkStatus();
+}
+
+}  // namespace videogen::api
