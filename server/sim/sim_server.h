@@ -7,12 +7,15 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace videogen::sim {
 
 // Which request family a fault applies to.
-enum class Endpoint { kCreate, kPoll };
+// kDownload is GET /files/<uuid>.mp4 (the video URL).
+enum class Endpoint { kCreate, kPoll, kDownload };
 
 // Kinds of injected fault (design.md §1 quirks and network failures).
 enum class FaultKind {
@@ -48,7 +51,24 @@ struct SimOptions {
   int retry_after_seconds = 1;  // value sent with FaultKind::k429
   std::vector<FaultRule> faults;
   uint64_t seed = 1;
+  // Added by the sim: generating_for is per 5 s of clip (10 s clips take
+  // twice as long), as upstream. Set by --realistic.
+  bool scale_with_duration = false;
+  // Idle keep-alive connections are closed after this.
+  absl::Duration keep_alive_timeout = absl::Seconds(5);
+  // The pool grows on demand up to this many threads: each open keep-alive
+  // connection holds one thread in cpp-httplib.
+  int max_threads = 2048;
 };
+
+// "429", "429_no_retry_after", "500", ..., "slow", "reset", "malformed_json",
+// "odd_status": the keys of SimStats::faults_by_kind and of ParseFaultRule.
+std::string FaultKindName(FaultKind kind);
+
+// Parses "ENDPOINT:KIND[:rate=R][:every=N]", e.g. "poll:500:rate=0.1" or
+// "create:429:every=3". ENDPOINT is create|poll|download; KIND is a
+// FaultKindName or one of 429nr (429 without Retry-After), malformed, odd.
+absl::StatusOr<FaultRule> ParseFaultRule(absl::string_view spec);
 
 // Counters, readable in-process and as JSON at GET /sim/stats.
 struct SimStats {

@@ -1,0 +1,711 @@
+#include "server/sim/sim_server.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "httplib.h"
+#include "nlohmann/json.hpp"
+#include "server/sim/elastic_pool.h"
+#include "server/sim/mp4.h"
+
+namespace videogen::sim {
+namespace {
+
+using nlohmann::json;
+
+constexpr char kLegacyPath[] = "/v2/generate/video/kling/generation";
+constexpr char kNewPath[] = "/v2/video/generations";
+constexpr char kLegacySuffix[] = ":kling-video/v2/master/text-to-video";
+constexpr char kFilesRoute[] = "GET /files";
+constexpr size_t kMaxPromptChars = 2500;
+
+// One simulated upstream task. Its state is a function of the clock.
+struct Job {
+  std::string id;
+  std::string uuid;  // names the video file
+  absl::Time created;
+  int duration = 5;
+  bool fails = false;
+};
+
+enum class Phase { kQueued, kGenerating, kCompleted, kError };
+
+// Deterministic random numbers (splitmix64), so a seed replays a run.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : state_(seed) {}
+  uint64_t Next() {
+    uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  double Unit() { return (Next() >> 11) * (1.0 / 9007199254740992.0); }
+
+ private:
+  uint64_t state_;
+};
+
+std::string Uuid4(Rng& rng) {
+  uint64_t hi = rng.Next();
+  uint64_t lo = rng.Next();
+  hi = (hi & ~0xf000ULL) | 0x4000ULL;              // version 4
+  lo = (lo & ~(0xc0ULL << 56)) | (0x80ULL << 56);  // RFC 4122 variant
+  return absl::StrFormat("%08x-%04x-%04x-%04x-%012x", hi >> 32,
+                         (hi >> 16) & 0xffff, hi & 0xffff, lo >> 48,
+                         lo & 0xffffffffffffULL);
+}
+
+size_t Utf8Chars(const std::string& s) {
+  return std::count_if(s.begin(), s.end(), [](char c) {
+    return (static_cast<unsigned char>(c) & 0xc0) != 0x80;
+  });
+}
+
+const char* StatusWord(Phase phase, bool odd) {
+  switch (phase) {
+    case Phase::kQueued:
+      return odd ? "waiting" : "queued";
+    case Phase::kGenerating:
+      return odd ? "active" : "generating";
+    case Phase::kCompleted:
+      return odd ? "succeeded" : "completed";
+    case Phase::kError:
+      return odd ? "failed" : "error";
+  }
+  return "queued";
+}
+
+// Parses the create body like the upstream does; returns the problems.
+std::vector<std::string> Validate(const json& body, int* duration) {
+  std::vector<std::string> errors;
+  if (!body.is_object()) return {"body must be a JSON object"};
+  auto present = [&](const char* k) {
+    return body.contains(k) && !body[k].is_null();
+  };
+  if (!present("prompt") || !body["prompt"].is_string()) {
+    errors.push_back("prompt is required");
+  } else {
+    const auto& p = body["prompt"].get_ref<const std::string&>();
+    if (absl::StripAsciiWhitespace(p).empty()) {
+      errors.push_back("prompt must not be empty");
+    }
+    if (Utf8Chars(p) > kMaxPromptChars) {
+      errors.push_back("prompt must be at most 2500 characters");
+    }
+  }
+  if (present("negative_prompt")) {
+    const json& n = body["negative_prompt"];
+    if (!n.is_string() ||
+        Utf8Chars(n.get_ref<const std::string&>()) > kMaxPromptChars) {
+      errors.push_back("negative_prompt must be a string of at most 2500");
+    }
+  }
+  if (present("model") && !body["model"].is_string()) {
+    errors.push_back("model must be a string");
+  }
+  if (present("aspect_ratio")) {
+    const json& a = body["aspect_ratio"];
+    if (!a.is_string() || (a != "16:9" && a != "9:16" && a != "1:1")) {
+      errors.push_back("aspect_ratio must be one of 16:9, 9:16, 1:1");
+    }
+  }
+  if (present("duration")) {
+    const json& d = body["duration"];
+    double v = 0;
+    bool ok = false;
+    if (d.is_number()) {
+      v = d.get<double>();
+      ok = true;
+    } else if (d.is_string()) {
+      ok = absl::SimpleAtod(d.get_ref<const std::string&>(), &v);
+    }
+    if (!ok || (v != 5 && v != 10)) {
+      errors.push_back("duration must be 5 or 10");
+    } else {
+      *duration = static_cast<int>(v);
+    }
+  }
+  if (present("cfg_scale")) {
+    const json& c = body["cfg_scale"];
+    if (!c.is_number() || c.get<double>() < 0 || c.get<double>() > 1) {
+      errors.push_back("cfg_scale must be a number in 0..1");
+    }
+  }
+  if (present("image_url") && !body["image_url"].is_string()) {
+    errors.push_back("image_url must be a string");
+  }
+  return errors;
+}
+
+bool IsHttpError(FaultKind kind) {
+  switch (kind) {
+    case FaultKind::k429:
+    case FaultKind::k429NoRetryAfter:
+    case FaultKind::k500:
+    case FaultKind::k502:
+    case FaultKind::k503:
+    case FaultKind::k504:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Serves `body` with its full Content-Length but writes only about half of
+// it, then fails the write: cpp-httplib closes the connection mid-response.
+void SetCutContent(httplib::Response& res, std::string body,
+                   const char* content_type) {
+  auto data = std::make_shared<std::string>(std::move(body));
+  auto wrote = std::make_shared<bool>(false);
+  res.set_content_provider(
+      data->size(), content_type,
+      [data, wrote](size_t offset, size_t length, httplib::DataSink& sink) {
+        if (*wrote) return false;
+        *wrote = true;
+        sink.write(data->data() + offset, std::max<size_t>(1, length / 2));
+        return true;
+      });
+}
+
+}  // namespace
+
+std::string FaultKindName(FaultKind kind) {
+  switch (kind) {
+    case FaultKind::k429:
+      return "429";
+    case FaultKind::k429NoRetryAfter:
+      return "429_no_retry_after";
+    case FaultKind::k500:
+      return "500";
+    case FaultKind::k502:
+      return "502";
+    case FaultKind::k503:
+      return "503";
+    case FaultKind::k504:
+      return "504";
+    case FaultKind::kSlow:
+      return "slow";
+    case FaultKind::kReset:
+      return "reset";
+    case FaultKind::kMalformedJson:
+      return "malformed_json";
+    case FaultKind::kOddStatus:
+      return "odd_status";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<FaultRule> ParseFaultRule(absl::string_view spec) {
+  std::vector<std::string> parts = absl::StrSplit(spec, ':');
+  if (parts.size() < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fault \"", spec, "\": want ENDPOINT:KIND[:rate=R]"));
+  }
+  FaultRule rule;
+  if (parts[0] == "create") {
+    rule.endpoint = Endpoint::kCreate;
+  } else if (parts[0] == "poll") {
+    rule.endpoint = Endpoint::kPoll;
+  } else if (parts[0] == "download") {
+    rule.endpoint = Endpoint::kDownload;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "fault \"", spec, "\": endpoint must be create, poll or download"));
+  }
+  static const std::pair<const char*, FaultKind> kAliases[] = {
+      {"429nr", FaultKind::k429NoRetryAfter},
+      {"malformed", FaultKind::kMalformedJson},
+      {"odd", FaultKind::kOddStatus}};
+  bool found = false;
+  for (int k = 0; k <= static_cast<int>(FaultKind::kOddStatus); ++k) {
+    if (parts[1] == FaultKindName(static_cast<FaultKind>(k))) {
+      rule.kind = static_cast<FaultKind>(k);
+      found = true;
+    }
+  }
+  for (const auto& [alias, kind] : kAliases) {
+    if (parts[1] == alias) {
+      rule.kind = kind;
+      found = true;
+    }
+  }
+  if (!found) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fault \"", spec, "\": unknown kind ", parts[1]));
+  }
+  for (size_t i = 2; i < parts.size(); ++i) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(parts[i], '=');
+    bool ok = false;
+    if (kv.first == "rate") {
+      ok = absl::SimpleAtod(kv.second, &rule.rate) && rule.rate >= 0 &&
+           rule.rate <= 1;
+    } else if (kv.first == "every") {
+      ok = absl::SimpleAtoi(kv.second, &rule.every_nth) && rule.every_nth > 0;
+    }
+    if (!ok) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("fault \"", spec, "\": bad option ", parts[i],
+                       " (want rate=0..1 or every=N>0)"));
+    }
+  }
+  if (rule.rate == 0 && rule.every_nth == 0) rule.rate = 1;
+  return rule;
+}
+
+// Owns the httplib server and the listener thread. Handlers run on pool
+// threads; jobs, stats, fault counters and the random streams are guarded by
+// mu_.
+class SimServer::Impl {
+ public:
+  explicit Impl(SimOptions options)
+      : options_(std::move(options)),
+        job_rng_(options_.seed),
+        fault_rng_(options_.seed ^ 0x5eedfa17ULL),
+        faults_(options_.faults) {}
+
+  ~Impl() { Stop(); }
+
+  absl::Status Start();
+  void Stop();
+
+  int port() const { return port_.load(); }
+  std::string base_url() const {
+    std::string host = options_.host;
+    if (host == "0.0.0.0" || host.empty()) host = "127.0.0.1";
+    if (host.find(':') != std::string::npos)
+      host = absl::StrCat("[", host, "]");
+    return absl::StrCat("http://", host, ":", port());
+  }
+
+  SimStats Stats() const {
+    absl::MutexLock lock(&mu_);
+    return stats_;
+  }
+  void ResetStats() {
+    absl::MutexLock lock(&mu_);
+    stats_ = SimStats();
+  }
+  void SetFaults(std::vector<FaultRule> faults) {
+    absl::MutexLock lock(&mu_);
+    faults_ = std::move(faults);
+  }
+
+ private:
+  void Routes();
+  void HandleCreate(const httplib::Request& req, httplib::Response& res,
+                    bool legacy);
+  void HandlePoll(const httplib::Request& req, httplib::Response& res,
+                  bool legacy);
+  void HandleFile(const httplib::Request& req, httplib::Response& res);
+  void HandleStats(httplib::Response& res);
+
+  // Counts the request; answers 401 and returns false on a bad key.
+  bool Admit(const httplib::Request& req, httplib::Response& res,
+             const std::string& route);
+  // Picks the fault (if any) for this request and counts it.
+  std::optional<FaultKind> PickFault(Endpoint endpoint);
+  // Answers an HTTP-error fault, or sleeps for kSlow. Returns true when the
+  // response is final.
+  bool ApplyEarlyFault(std::optional<FaultKind> fault,
+                       const httplib::Request& req, httplib::Response& res);
+  // Sends a JSON success body, cut, corrupted or plain per `fault`.
+  void SendBody(httplib::Response& res, int status, const json& body,
+                std::optional<FaultKind> fault);
+  void SendError(httplib::Response& res, int status, const std::string& msg,
+                 const std::string& path, bool status_as_string,
+                 const std::vector<std::string>& errors = {});
+  void NoteHeaders(const httplib::Request& req, const std::string& id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  Phase PhaseOf(const Job& job, absl::Time now) const;
+  json PollBody(const Job& job, Phase phase, bool legacy, bool odd,
+                const httplib::Request& req) const;
+  std::string VideoUrl(const Job& job, const httplib::Request& req) const;
+
+  const SimOptions options_;
+  httplib::Server server_;
+  std::thread listener_;
+  std::atomic<int> port_{0};
+  absl::Notification stopping_;
+  bool started_ = false;  // owned by the thread calling Start/Stop
+
+  mutable absl::Mutex mu_;
+  Rng job_rng_ ABSL_GUARDED_BY(mu_);
+  Rng fault_rng_ ABSL_GUARDED_BY(mu_);
+  std::vector<FaultRule> faults_ ABSL_GUARDED_BY(mu_);
+  int64_t endpoint_count_[3] ABSL_GUARDED_BY(mu_) = {0, 0, 0};
+  std::map<std::string, Job> jobs_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> id_by_uuid_ ABSL_GUARDED_BY(mu_);
+  SimStats stats_ ABSL_GUARDED_BY(mu_);
+};
+
+absl::Status SimServer::Impl::Start() {
+  if (started_) return absl::FailedPreconditionError("already started");
+  size_t max_threads = std::max(8, options_.max_threads);
+  server_.new_task_queue = [max_threads] {
+    return new ElasticPool(max_threads);
+  };
+  server_.set_keep_alive_max_count(1000000);
+  server_.set_keep_alive_timeout(
+      std::max<time_t>(1, absl::ToInt64Seconds(options_.keep_alive_timeout)));
+  server_.set_payload_max_length(1 << 20);
+  server_.set_tcp_nodelay(true);
+  Routes();
+  int port = options_.port;
+  if (port == 0) {
+    port = server_.bind_to_any_port(options_.host);
+    if (port <= 0) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot bind ", options_.host, ":0"));
+    }
+  } else if (!server_.bind_to_port(options_.host, port)) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot bind ", options_.host, ":", port));
+  }
+  port_ = port;
+  listener_ = std::thread([this] { server_.listen_after_bind(); });
+  while (!server_.is_running()) absl::SleepFor(absl::Milliseconds(1));
+  started_ = true;
+  return absl::OkStatus();
+}
+
+void SimServer::Impl::Stop() {
+  if (!started_) return;
+  started_ = false;
+  if (!stopping_.HasBeenNotified()) stopping_.Notify();
+  server_.stop();
+  if (listener_.joinable()) listener_.join();
+}
+
+void SimServer::Impl::Routes() {
+  server_.Post(kLegacyPath, [this](const auto& req, auto& res) {
+    HandleCreate(req, res, true);
+  });
+  server_.Post(kNewPath, [this](const auto& req, auto& res) {
+    HandleCreate(req, res, false);
+  });
+  server_.Get(kLegacyPath, [this](const auto& req, auto& res) {
+    HandlePoll(req, res, true);
+  });
+  server_.Get(kNewPath, [this](const auto& req, auto& res) {
+    HandlePoll(req, res, false);
+  });
+  server_.Get(R"(/files/([0-9a-f\-]+)\.mp4)",
+              [this](const auto& req, auto& res) { HandleFile(req, res); });
+  server_.Get("/sim/stats",
+              [this](const auto&, auto& res) { HandleStats(res); });
+}
+
+bool SimServer::Impl::Admit(const httplib::Request& req, httplib::Response& res,
+                            const std::string& route) {
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.requests_by_path[route];
+  }
+  if (options_.api_key.empty()) return true;
+  const std::string auth = req.get_header_value("Authorization");
+  const std::string want = absl::StrCat("Bearer ", options_.api_key);
+  if (auth.size() == want.size() &&
+      absl::StartsWithIgnoreCase(auth, "bearer ") &&
+      auth.substr(7) == options_.api_key) {
+    return true;
+  }
+  // Never echo the key that was sent.
+  SendError(res, 401, "Unauthorized", req.path, /*status_as_string=*/true);
+  return false;
+}
+
+std::optional<FaultKind> SimServer::Impl::PickFault(Endpoint endpoint) {
+  absl::MutexLock lock(&mu_);
+  int64_t n = ++endpoint_count_[static_cast<int>(endpoint)];
+  for (const FaultRule& rule : faults_) {
+    if (rule.endpoint != endpoint) continue;
+    bool fire = rule.every_nth > 0 && n % rule.every_nth == 0;
+    if (rule.rate > 0 && fault_rng_.Unit() < rule.rate) fire = true;
+    if (fire) {
+      ++stats_.faults_by_kind[FaultKindName(rule.kind)];
+      return rule.kind;
+    }
+  }
+  return std::nullopt;
+}
+
+bool SimServer::Impl::ApplyEarlyFault(std::optional<FaultKind> fault,
+                                      const httplib::Request& req,
+                                      httplib::Response& res) {
+  if (!fault) return false;
+  if (*fault == FaultKind::kSlow) {
+    stopping_.WaitForNotificationWithTimeout(options_.slow_delay);
+    return false;
+  }
+  if (!IsHttpError(*fault)) return false;
+  switch (*fault) {
+    case FaultKind::k429:
+      res.set_header("Retry-After",
+                     std::to_string(options_.retry_after_seconds));
+      SendError(res, 429, "Too many requests", req.path, true);
+      break;
+    case FaultKind::k429NoRetryAfter:
+      SendError(res, 429, "Too many requests", req.path, true);
+      break;
+    case FaultKind::k500:
+      SendError(res, 500, "Internal server error", req.path, false);
+      break;
+    case FaultKind::k503:
+      SendError(res, 503, "Service unavailable", req.path, true);
+      break;
+    case FaultKind::k502:
+    case FaultKind::k504: {
+      // Gateways answer in HTML, not in the API's JSON.
+      res.status = *fault == FaultKind::k502 ? 502 : 504;
+      res.set_content(
+          absl::StrCat("<html><head><title>", res.status,
+                       "</title></head><body><h1>", res.status,
+                       res.status == 502 ? " Bad Gateway" : " Gateway Timeout",
+                       "</h1></body></html>\n"),
+          "text/html");
+      break;
+    }
+    default:
+      break;
+  }
+  return true;
+}
+
+void SimServer::Impl::SendBody(httplib::Response& res, int status,
+                               const json& body,
+                               std::optional<FaultKind> fault) {
+  res.status = status;
+  std::string text = body.dump();
+  if (fault == FaultKind::kReset) {
+    SetCutContent(res, std::move(text), "application/json");
+  } else if (fault == FaultKind::kMalformedJson) {
+    text.resize(text.size() / 2);
+    res.set_content(absl::StrCat(text, "<!-- truncated"), "application/json");
+  } else {
+    res.set_content(std::move(text), "application/json");
+  }
+}
+
+void SimServer::Impl::SendError(httplib::Response& res, int status,
+                                const std::string& msg, const std::string& path,
+                                bool status_as_string,
+                                const std::vector<std::string>& errors) {
+  std::string request_id;
+  {
+    absl::MutexLock lock(&mu_);
+    request_id = Uuid4(fault_rng_);
+  }
+  json body = {
+      {"message", msg},
+      {"path", path},
+      {"requestId", request_id},
+      {"timestamp", absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(),
+                                     absl::UTCTimeZone())}};
+  if (status_as_string) {
+    body["statusCode"] = std::to_string(status);
+  } else {
+    body["statusCode"] = status;
+  }
+  if (!errors.empty()) body["errors"] = errors;
+  res.status = status;
+  res.set_content(body.dump(), "application/json");
+}
+
+void SimServer::Impl::NoteHeaders(const httplib::Request& req,
+                                  const std::string& id) {
+  if (req.has_header("X-Client-Request-Id")) {
+    stats_.client_request_id_by_id[id] =
+        req.get_header_value("X-Client-Request-Id");
+  }
+  if (req.has_header("traceparent")) {
+    stats_.traceparent_by_id[id] = req.get_header_value("traceparent");
+  }
+}
+
+void SimServer::Impl::HandleCreate(const httplib::Request& req,
+                                   httplib::Response& res, bool legacy) {
+  if (!Admit(req, res, absl::StrCat("POST ", req.path))) return;
+  std::optional<FaultKind> fault = PickFault(Endpoint::kCreate);
+  if (ApplyEarlyFault(fault, req, res)) return;
+  json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+  int duration = 5;
+  std::vector<std::string> errors =
+      body.is_discarded() ? std::vector<std::string>{"body is not valid JSON"}
+                          : Validate(body, &duration);
+  if (!errors.empty()) {
+    SendError(res, 400, "Body validation error", req.path, false, errors);
+    return;
+  }
+  Job job;
+  {
+    absl::MutexLock lock(&mu_);
+    job.uuid = Uuid4(job_rng_);
+    job.fails = job_rng_.Unit() < options_.error_rate;
+    job.id = legacy ? absl::StrCat(job.uuid, kLegacySuffix) : job.uuid;
+    job.created = absl::Now();
+    job.duration = duration;
+    jobs_[job.id] = job;
+    id_by_uuid_[job.uuid] = job.id;
+    ++stats_.submits;
+    NoteHeaders(req, job.id);
+  }
+  if (req.has_header("X-Client-Request-Id")) {
+    res.set_header("X-Client-Request-Id",
+                   req.get_header_value("X-Client-Request-Id"));
+  }
+  bool odd = fault == FaultKind::kOddStatus;
+  // The legacy path answers 201, the new one 200: clients take any 2xx.
+  SendBody(res, legacy ? 201 : 200,
+           {{"id", job.id}, {"status", odd ? "waiting" : "queued"}}, fault);
+}
+
+void SimServer::Impl::HandlePoll(const httplib::Request& req,
+                                 httplib::Response& res, bool legacy) {
+  if (!Admit(req, res, absl::StrCat("GET ", req.path))) return;
+  if (!req.has_param("generation_id") ||
+      req.get_param_value("generation_id").empty()) {
+    SendError(res, 400, "Query validation error", req.path, false,
+              {"generation_id is required"});
+    return;
+  }
+  const std::string id = req.get_param_value("generation_id");
+  std::optional<Job> job;
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.polls_by_id[id];
+    NoteHeaders(req, id);
+    auto it = jobs_.find(id);
+    if (it != jobs_.end()) job = it->second;
+  }
+  if (req.has_header("X-Client-Request-Id")) {
+    res.set_header("X-Client-Request-Id",
+                   req.get_header_value("X-Client-Request-Id"));
+  }
+  std::optional<FaultKind> fault = PickFault(Endpoint::kPoll);
+  if (ApplyEarlyFault(fault, req, res)) return;
+  if (!job) {
+    SendError(res, 404, "Generation not found", req.path, false);
+    return;
+  }
+  Phase phase = PhaseOf(*job, absl::Now());
+  SendBody(res, 200,
+           PollBody(*job, phase, legacy, fault == FaultKind::kOddStatus, req),
+           fault);
+}
+
+void SimServer::Impl::HandleFile(const httplib::Request& req,
+                                 httplib::Response& res) {
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.requests_by_path[kFilesRoute];
+  }
+  std::optional<Job> job;
+  {
+    absl::MutexLock lock(&mu_);
+    auto uuid_it = id_by_uuid_.find(req.matches[1].str());
+    if (uuid_it != id_by_uuid_.end()) job = jobs_.at(uuid_it->second);
+  }
+  if (!job || PhaseOf(*job, absl::Now()) != Phase::kCompleted) {
+    SendError(res, 404, "File not found", req.path, false);
+    return;
+  }
+  std::optional<FaultKind> fault = PickFault(Endpoint::kDownload);
+  if (ApplyEarlyFault(fault, req, res)) return;
+  if (fault == FaultKind::kReset) {
+    if (!req.ranges.empty()) {
+      // Keep resumption testable: cut the remaining part, not the whole file.
+      res.status = 206;
+    }
+    SetCutContent(res, SampleMp4(), "video/mp4");
+    return;
+  }
+  // cpp-httplib answers Range requests on res.body with 206 + Content-Range.
+  res.set_content(SampleMp4(), "video/mp4");
+}
+
+void SimServer::Impl::HandleStats(httplib::Response& res) {
+  SimStats s = Stats();
+  json body = {{"requests_by_path", s.requests_by_path},
+               {"polls_by_id", s.polls_by_id},
+               {"faults_by_kind", s.faults_by_kind},
+               {"submits", s.submits},
+               {"client_request_id_by_id", s.client_request_id_by_id},
+               {"traceparent_by_id", s.traceparent_by_id}};
+  res.set_content(body.dump(), "application/json");
+}
+
+Phase SimServer::Impl::PhaseOf(const Job& job, absl::Time now) const {
+  absl::Duration age = now - job.created;
+  absl::Duration generating = options_.generating_for;
+  if (options_.scale_with_duration) generating *= job.duration / 5;
+  if (age < options_.queued_for) return Phase::kQueued;
+  if (age < options_.queued_for + generating) return Phase::kGenerating;
+  return job.fails ? Phase::kError : Phase::kCompleted;
+}
+
+std::string SimServer::Impl::VideoUrl(const Job& job,
+                                      const httplib::Request& req) const {
+  // The Host the client used reaches this server, whatever we bound.
+  std::string host = req.get_header_value("Host");
+  if (host.empty())
+    return absl::StrCat(base_url(), "/files/", job.uuid, ".mp4");
+  return absl::StrCat("http://", host, "/files/", job.uuid, ".mp4");
+}
+
+json SimServer::Impl::PollBody(const Job& job, Phase phase, bool legacy,
+                               bool odd, const httplib::Request& req) const {
+  json body = {{"id", job.id}, {"status", StatusWord(phase, odd)}};
+  if (phase == Phase::kError) {
+    body["error"] = {
+        {"name", "GenerationError"},
+        {"message", "The simulated model failed to render this prompt"}};
+    return body;
+  }
+  if (phase != Phase::kCompleted) return body;
+  const std::string url = VideoUrl(job, req);
+  if (legacy) {
+    body["video"] = {{"url", url},
+                     {"content_type", "video/mp4"},
+                     {"file_name", absl::StrCat(job.uuid, ".mp4")},
+                     {"file_size", SampleMp4().size()}};
+  } else {
+    body["video"] = {{"url", url}, {"duration", job.duration}};
+    body["duration"] = job.duration;
+    body["error"] = nullptr;
+    body["meta"] = {{"usage", {{"tokens_used", 24000 * job.duration}}}};
+  }
+  return body;
+}
+
+SimServer::SimServer(SimOptions options)
+    : impl_(std::make_unique<Impl>(std::move(options))) {}
+SimServer::~SimServer() = default;
+absl::Status SimServer::Start() { return impl_->Start(); }
+void SimServer::Stop() { impl_->Stop(); }
+int SimServer::port() const { return impl_->port(); }
+std::string SimServer::base_url() const { return impl_->base_url(); }
+SimStats SimServer::Stats() const { return impl_->Stats(); }
+void SimServer::ResetStats() { impl_->ResetStats(); }
+void SimServer::SetFaults(std::vector<FaultRule> faults) {
+  impl_->SetFaults(std::move(faults));
+}
+
+}  // namespace videogen::sim
