@@ -7,6 +7,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -14,14 +15,18 @@
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "httplib.h"
 #include "server/api/event_stream.h"
+#include "server/api/instrumented_store.h"
 #include "server/api/log.h"
+#include "server/api/metrics.h"
 #include "server/api/service.h"
 #include "server/api/validation.h"
 #include "server/core/tracker.h"
@@ -212,6 +217,66 @@ int WaitForSignal(const sigset_t& signals, store::Store& store) {
   }
 }
 
+// Upstream attempt metrics; runs on the curl loop thread.
+void RecordAttempt(const upstream::AttemptRecord& a) {
+  api::Metrics& m = api::Metrics::Global();
+  const std::string endpoint =
+      a.kind == upstream::CallKind::kSubmit ? "submit" : "poll";
+  const std::string status_class =
+      a.http_status == 0 ? "transport"
+                         : absl::StrCat(a.http_status / 100, "xx");
+  m.Add("videogen_upstream_requests_total",
+        {{"endpoint", endpoint}, {"status_class", status_class}});
+  m.Observe("videogen_upstream_request_duration_seconds",
+            {{"endpoint", endpoint}}, absl::ToDoubleSeconds(a.latency));
+  if (a.attempt > 1) m.Add("videogen_upstream_retries_total", {});
+  if (a.http_status == 0 || a.http_status >= 400) {
+    m.Add("videogen_upstream_faults_total",
+          {{"endpoint", endpoint}, {"kind", status_class}});
+  }
+}
+
+// Serves /metrics on --metrics_listen from its own thread.
+class MetricsServer {
+ public:
+  absl::Status Start(const std::string& address) {
+    const size_t colon = address.rfind(':');
+    if (colon == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--metrics_listen=", address, " is not host:port"));
+    }
+    int port = 0;
+    if (!absl::SimpleAtoi(address.substr(colon + 1), &port)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--metrics_listen=", address, " has no port number"));
+    }
+    server_.Get("/metrics", [](const httplib::Request&, httplib::Response& r) {
+      r.set_content(api::Metrics::Global().Render(),
+                    "text/plain; version=0.0.4; charset=utf-8");
+    });
+    const std::string host = address.substr(0, colon);
+    port_ = port == 0 ? server_.bind_to_any_port(host)
+                      : (server_.bind_to_port(host, port) ? port : -1);
+    if (port_ <= 0) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen for metrics on ", address));
+    }
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    return absl::OkStatus();
+  }
+  int port() const { return port_; }
+  void Stop() {
+    server_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+  ~MetricsServer() { Stop(); }
+
+ private:
+  httplib::Server server_;
+  std::thread thread_;
+  int port_ = 0;
+};
+
 struct Upstreams {
   std::unique_ptr<sim::SimServer> sim;
   std::unique_ptr<upstream::AimlApiUpstream> client;
@@ -229,6 +294,7 @@ absl::StatusOr<Upstreams> StartUpstream() {
   opts.rate_limit_per_second = absl::GetFlag(FLAGS_upstream_rate_limit);
   opts.max_in_flight = absl::GetFlag(FLAGS_upstream_max_in_flight);
   opts.request_timeout = absl::GetFlag(FLAGS_upstream_timeout);
+  opts.on_attempt = RecordAttempt;
   Upstreams out;
   if (absl::GetFlag(FLAGS_simulate) || key->empty()) {
     if (!absl::GetFlag(FLAGS_simulate)) {
@@ -290,19 +356,39 @@ int Run() {
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // before any thread starts
 
-  auto store = OpenStore();
-  if (!store.ok()) return Fail(store.status(), "store");
+  auto opened = OpenStore();
+  if (!opened.ok()) return Fail(opened.status(), "store");
+  std::unique_ptr<store::Store> store =
+      std::make_unique<api::InstrumentedStore>(*std::move(opened));
   auto upstreams = StartUpstream();
   if (!upstreams.ok()) return Fail(upstreams.status(), "upstream");
   core::SystemClock clock;
   auto tracker = std::make_unique<core::Tracker>(
-      TrackerFlags(), upstreams->client.get(), store->get(), &clock);
+      TrackerFlags(), upstreams->client.get(), store.get(), &clock);
   if (absl::Status s = tracker->Recover(); !s.ok()) return Fail(s, "recover");
   tracker->StartPoller();
   core::Subscription log_sub =
       tracker->SubscribeAll(core::Filter{}, std::make_shared<LogSink>());
 
   api::StreamRegistry registry(absl::GetFlag(FLAGS_heartbeat_interval));
+  std::unique_ptr<MetricsServer> metrics;
+  if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
+    api::Metrics& m = api::Metrics::Global();
+    api::DescribeVideogenMetrics(m);
+    m.AddCollector([&registry, t = tracker.get()](api::Metrics& m) {
+      m.Set("videogen_open_streams", {}, registry.size());
+      for (const auto& [state, n] : t->CountByState()) {
+        m.Set("videogen_generations",
+              {{"state", v1::Generation::State_Name(state)}}, n);
+      }
+    });
+    metrics = std::make_unique<MetricsServer>();
+    if (absl::Status s = metrics->Start(absl::GetFlag(FLAGS_metrics_listen));
+        !s.ok()) {
+      return Fail(s, "metrics");
+    }
+    Log("info", "metrics_listening", {{"port", metrics->port()}});
+  }
   api::VideoGenerationService service(tracker.get(), &registry,
                                       api::Validator(Models()));
   grpc::EnableDefaultHealthCheckService(true);
@@ -313,6 +399,14 @@ int Run() {
                            &port);
   builder.RegisterService(&service);
   ApplyKeepalive(builder);
+  if (metrics != nullptr) {
+    std::vector<
+        std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        interceptors;
+    interceptors.push_back(
+        std::make_unique<api::GrpcMetricsInterceptorFactory>());
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::UnavailableError(absl::StrCat(
@@ -329,7 +423,7 @@ int Run() {
        {"store", absl::GetFlag(FLAGS_store)},
        {"simulate", upstreams->sim != nullptr}});
 
-  int sig = WaitForSignal(signals, **store);
+  int sig = WaitForSignal(signals, *store);
   const absl::Duration grace = absl::GetFlag(FLAGS_drain_grace);
   Log("info", "drain_started",
       {{"signal", sig}, {"grace_ms", absl::ToInt64Milliseconds(grace)}});
@@ -343,7 +437,8 @@ int Run() {
   upstreams->client.reset();  // cancels calls still in flight
   tracker.reset();
   upstreams->sim.reset();
-  store->reset();
+  if (metrics != nullptr) metrics->Stop();
+  store.reset();
   Log("info", "drain_finished");
   return 0;
 }

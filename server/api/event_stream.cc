@@ -4,9 +4,22 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "server/api/metrics.h"
 #include "server/api/status_map.h"
 
 namespace videogen::api {
+namespace {
+
+// Time from the server observing a change to handing it to this stream.
+void RecordFanout(const v1::GenerationEvent& event) {
+  const absl::Time observed =
+      absl::FromUnixSeconds(event.observe_time().seconds()) +
+      absl::Nanoseconds(event.observe_time().nanos());
+  Metrics::Global().Observe("videogen_fanout_latency_seconds", {},
+                            absl::ToDoubleSeconds(absl::Now() - observed));
+}
+
+}  // namespace
 
 EventStream::EventStream(Reactor* reactor, core::Tracker* tracker,
                          bool ends_on_terminal)
@@ -165,7 +178,10 @@ void EventStream::Pump() {
   }
   // Unlocked: gRPC may run OnWriteDone inline. The reactor stays alive: it
   // is freed only in OnDone, which cannot come before Finish.
-  if (action == Action::kWrite) reactor->StartWrite(msg);
+  if (action == Action::kWrite) {
+    if (msg->type() != v1::GenerationEvent::TYPE_HEARTBEAT) RecordFanout(*msg);
+    reactor->StartWrite(msg);
+  }
   if (action == Action::kFinish) reactor->Finish(status);
 }
 

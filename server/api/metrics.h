@@ -1,0 +1,73 @@
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "grpcpp/support/server_interceptor.h"
+
+namespace videogen::api {
+
+using Labels = std::vector<std::pair<std::string, std::string>>;
+
+// Process-wide metric families. Thread-safe: any thread records, the metrics
+// HTTP thread renders. Names follow Prometheus conventions (videogen_ prefix,
+// base units, _total on counters); the text format is written only by
+// RenderPrometheus in exposition.cc.
+class Metrics {
+ public:
+  enum class Type { kCounter, kGauge, kHistogram };
+
+  struct Series {
+    double value = 0;              // counter or gauge
+    std::vector<uint64_t> counts;  // histogram: per bucket, not cumulative
+    double sum = 0;
+    uint64_t count = 0;
+  };
+  struct Family {
+    Type type;
+    std::string help;
+    std::vector<double> buckets;  // histogram upper bounds, ascending
+    std::map<Labels, Series> series;
+  };
+
+  static Metrics& Global();
+
+  void Describe(const std::string& name, Type type, const std::string& help,
+                std::vector<double> buckets = {});
+  void Add(const std::string& name, const Labels& labels, double delta = 1);
+  void Set(const std::string& name, const Labels& labels, double value);
+  void Observe(const std::string& name, const Labels& labels, double value);
+  // Runs before every render, to refresh gauges read from elsewhere.
+  void AddCollector(std::function<void(Metrics&)> collector);
+
+  std::string Render();
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, Family> families_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::function<void(Metrics&)>> collectors_ ABSL_GUARDED_BY(mu_);
+};
+
+// The text exposition format 0.0.4 of `families`.
+std::string RenderPrometheus(
+    const std::map<std::string, Metrics::Family>& families);
+
+// Declares every videogen metric family (so all appear from the first
+// scrape, at zero).
+void DescribeVideogenMetrics(Metrics& m);
+
+// Counts finished RPCs by method and code
+// (videogen_grpc_requests_total{method,code}).
+class GrpcMetricsInterceptorFactory
+    : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override;
+};
+
+}  // namespace videogen::api
