@@ -1,0 +1,106 @@
+// Node client against the real videogen-server and videogen-sim, using the
+// README's snippet (videogen_example.js). Run: node --test videogen.test.js
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const crypto = require('node:crypto');
+const grpc = require('@grpc/grpc-js');
+
+const { PROTO_DIR, startStack } = require('./harness');
+const { connect, generate, watch } = require('./videogen_example');
+
+let stack;
+let client;
+const quiet = () => {};
+
+before(async () => {
+  stack = await startStack();
+  client = connect(stack.address, PROTO_DIR);
+});
+
+after(async () => {
+  if (client) client.close();
+  if (stack) await stack.stop();
+});
+
+function assertRising(events, after = 0) {
+  const revisions = events.filter((e) => e.type !== 'TYPE_HEARTBEAT')
+    .map((e) => e.generation.revision);
+  assert.ok(revisions.length > 0, 'no events');
+  assert.ok(revisions[0] > after, `first revision ${revisions[0]} <= ${after}`);
+  for (let i = 1; i < revisions.length; i++) {
+    assert.ok(revisions[i] > revisions[i - 1], `revisions not rising: ${revisions}`);
+  }
+}
+
+test('Generate streams to completion', async () => {
+  const events = [];
+  const final = await generate(client, 'a red fox running through fresh snow',
+    { requestId: crypto.randomUUID(), onEvent: (e) => events.push(e) });
+  assert.equal(events[0].type, 'TYPE_SNAPSHOT');
+  assert.equal(events[0].generation.state, 'STATE_QUEUED');
+  assertRising(events);
+  assert.ok(events.some((e) => e.generation.state === 'STATE_GENERATING'));
+  assert.equal(final.state, 'STATE_COMPLETED');
+  assert.equal(final.done, true);
+  assert.match(final.video.url, /^http/);
+});
+
+test('WatchGeneration resumes after a revision', async () => {
+  // Read the first event of a Generate stream, then drop the stream.
+  const first = await new Promise((resolve, reject) => {
+    const call = client.generate({ prompt: 'waves at dusk', requestId: crypto.randomUUID() });
+    call.once('data', (event) => {
+      resolve(event);
+      call.cancel();
+    });
+    call.on('error', (err) => { if (err.code !== grpc.status.CANCELLED) reject(err); });
+  });
+  const seen = first.generation.revision;
+
+  const events = [];
+  const final = await watch(client, first.generation.id,
+    { afterRevision: seen, onEvent: (e) => events.push(e) });
+  assertRising(events, seen);
+  assert.equal(final.id, first.generation.id);
+  assert.equal(final.state, 'STATE_COMPLETED');
+
+  // A terminal generation watched from 0 is one SNAPSHOT, then OK.
+  const replay = [];
+  await watch(client, final.id, { onEvent: (e) => replay.push(e) });
+  assert.deepEqual(replay.map((e) => e.type), ['TYPE_SNAPSHOT']);
+  assert.equal(replay[0].generation.revision, final.revision);
+});
+
+test('the same requestId is the same generation', async () => {
+  const request = { prompt: 'a lighthouse', requestId: crypto.randomUUID() };
+  const create = () => new Promise((resolve, reject) => {
+    client.createGeneration(request, (err, g) => (err ? reject(err) : resolve(g)));
+  });
+  const a = await create();
+  const b = await create();
+  assert.equal(a.id, b.id);
+});
+
+test('an invalid request is INVALID_ARGUMENT', async () => {
+  await assert.rejects(generate(client, '   ', { onEvent: quiet }), (err) => {
+    assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+    assert.match(err.details, /prompt/);
+    return true;
+  });
+  await assert.rejects(new Promise((resolve, reject) => {
+    client.createGeneration({ prompt: 'ok', durationSeconds: 7 },
+      (err, g) => (err ? reject(err) : resolve(g)));
+  }), (err) => {
+    assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+    assert.match(err.details, /duration_seconds/);
+    return true;
+  });
+});
+
+test('an unknown id is NOT_FOUND', async () => {
+  await assert.rejects(new Promise((resolve, reject) => {
+    client.getGeneration({ id: 'no-such-id' }, (err, g) => (err ? reject(err) : resolve(g)));
+  }), (err) => err.code === grpc.status.NOT_FOUND);
+  await assert.rejects(watch(client, 'no-such-id', { onEvent: quiet }),
+    (err) => err.code === grpc.status.NOT_FOUND);
+});

@@ -1,0 +1,112 @@
+"""Python client against the real videogen-server and videogen-sim, through
+stubs generated at test time. Uses the README's snippet (videogen_example)."""
+import unittest
+import uuid
+
+import grpc
+
+import harness
+
+harness.generate_stubs()
+import videogen_example  # noqa: E402  (needs the stubs on sys.path)
+from videogen.v1 import video_generation_pb2 as pb  # noqa: E402
+
+STACK = None
+TIMEOUT_S = 60
+
+
+def setUpModule():
+    global STACK
+    STACK = harness.Stack()
+
+
+def tearDownModule():
+    if STACK is not None:
+        STACK.stop()
+
+
+class PolyglotPythonTest(unittest.TestCase):
+
+    def setUp(self):
+        self.channel = grpc.insecure_channel(STACK.address)
+        self.stub = videogen_example.pb_grpc.VideoGenerationStub(self.channel)
+
+    def tearDown(self):
+        self.channel.close()
+
+    def assert_rising(self, events, after=0):
+        revisions = [e.generation.revision for e in events
+                     if e.type != pb.GenerationEvent.TYPE_HEARTBEAT]
+        self.assertTrue(revisions, "no events")
+        self.assertGreater(revisions[0], after)
+        self.assertEqual(revisions, sorted(set(revisions)), revisions)
+
+    def test_generate_streams_to_completion(self):
+        events = []
+        final = videogen_example.generate(
+            self.stub, "a red fox running through fresh snow",
+            request_id=str(uuid.uuid4()), on_event=events.append)
+        self.assertEqual(events[0].type, pb.GenerationEvent.TYPE_SNAPSHOT)
+        self.assertEqual(events[0].generation.state, pb.Generation.STATE_QUEUED)
+        self.assert_rising(events)
+        self.assertEqual(final.state, pb.Generation.STATE_COMPLETED)
+        self.assertTrue(final.done)
+        self.assertTrue(final.video.url.startswith("http"), final.video.url)
+        states = {e.generation.state for e in events}
+        self.assertIn(pb.Generation.STATE_GENERATING, states)
+
+    def test_watch_resumes_after_revision(self):
+        request = pb.GenerateRequest(prompt="waves at dusk",
+                                     request_id=str(uuid.uuid4()))
+        call = self.stub.Generate(request, timeout=TIMEOUT_S)
+        first = next(call)
+        call.cancel()  # the "dropped" stream
+        seen = first.generation.revision
+
+        events = []
+        final = videogen_example.watch(self.stub, first.generation.id,
+                                       after_revision=seen,
+                                       on_event=events.append)
+        self.assert_rising(events, after=seen)
+        self.assertEqual(final.id, first.generation.id)
+        self.assertEqual(final.state, pb.Generation.STATE_COMPLETED)
+
+        # A terminal generation watched from 0 is one SNAPSHOT, then OK.
+        replay = []
+        videogen_example.watch(self.stub, final.id, on_event=replay.append)
+        self.assertEqual([e.type for e in replay],
+                         [pb.GenerationEvent.TYPE_SNAPSHOT])
+        self.assertEqual(replay[0].generation.revision, final.revision)
+
+    def test_same_request_id_is_the_same_generation(self):
+        request = pb.GenerateRequest(prompt="a lighthouse",
+                                     request_id=str(uuid.uuid4()))
+        a = self.stub.CreateGeneration(request, timeout=TIMEOUT_S)
+        b = self.stub.CreateGeneration(request, timeout=TIMEOUT_S)
+        self.assertEqual(a.id, b.id)
+
+    def test_invalid_request_is_invalid_argument(self):
+        with self.assertRaises(grpc.RpcError) as cm:
+            videogen_example.generate(self.stub, "   ", on_event=lambda e: None)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("prompt", cm.exception.details())
+
+        bad = pb.GenerateRequest(prompt="ok", duration_seconds=7)
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub.CreateGeneration(bad, timeout=TIMEOUT_S)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("duration_seconds", cm.exception.details())
+
+    def test_unknown_id_is_not_found(self):
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub.GetGeneration(pb.GetGenerationRequest(id="no-such-id"),
+                                    timeout=TIMEOUT_S)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
+        with self.assertRaises(grpc.RpcError) as cm:
+            videogen_example.watch(self.stub, "no-such-id",
+                                   on_event=lambda e: None)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+
+if __name__ == "__main__":
+    unittest.main()
