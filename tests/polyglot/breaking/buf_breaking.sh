@@ -12,9 +12,11 @@
 #   3. Additionally HEAD itself, when the working tree's proto/ differs from
 #      it: this catches an uncommitted edit that changes something HEAD only
 #      just added (invisible against HEAD~1, where it did not exist yet).
-# In a single-commit or shallow clone HEAD~1 is missing; we then check against
-# HEAD only and say so. Outside a git checkout there is nothing to compare
-# with, and the test fails rather than pass vacuously.
+# In a single-commit repository there is no earlier API: we check against HEAD
+# only and say so. A shallow clone hides the history that exists, so there
+# the test fails (fetch more history) rather than pass vacuously; so does a
+# directory outside git. BUF_BREAKING_AGAINST=<buf input> (a directory, or
+# `.git#tag=v1.2.0,subdir=proto`) overrides all of this.
 #
 # Usage: buf_breaking.sh <repo root>
 set -euo pipefail
@@ -25,6 +27,9 @@ buf="$root/node_modules/.bin/buf"
 if [ ! -x "$buf" ]; then
   echo "buf_breaking: $buf not found; run scripts/dev.sh deps (npm ci)" >&2
   exit 1
+fi
+if [ -n "${BUF_BREAKING_AGAINST:-}" ]; then
+  exec "$buf" breaking proto --against "$BUF_BREAKING_AGAINST"
 fi
 if ! git rev-parse --verify --quiet HEAD >/dev/null; then
   echo "buf_breaking: $root is not a git checkout with commits; nothing to compare against" >&2
@@ -38,8 +43,12 @@ if [ -n "$tag" ]; then
   baselines+=("tag:$tag $(git rev-parse "$tag^{commit}")")
 elif prev="$(git rev-parse --verify --quiet 'HEAD~1^{commit}')"; then
   baselines+=("HEAD~1 $prev")
+elif [ "$(git rev-parse --is-shallow-repository)" = true ]; then
+  echo "buf_breaking: shallow clone, main's previous commit is missing;" \
+       "run 'git fetch --deepen=1' (CI: fetch-depth 0 or 2)" >&2
+  exit 1
 else
-  echo "buf_breaking: no HEAD~1 (single-commit or shallow clone); checking against HEAD only" >&2
+  echo "buf_breaking: no HEAD~1 (first commit); checking against HEAD only" >&2
 fi
 if [ -z "$tag" ] && { [ "${#baselines[@]}" -eq 0 ] || ! git diff --quiet HEAD -- proto; }; then
   baselines+=("HEAD $(git rev-parse HEAD)")
