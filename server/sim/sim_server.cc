@@ -1,5 +1,7 @@
 #include "server/sim/sim_server.h"
 
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -184,6 +186,14 @@ void SetCutContent(httplib::Response& res, std::string body,
       });
 }
 
+// Debian's libcpp-httplib listens with a backlog of 5: a burst of connects
+// overflows it and the kernel drops SYNs (1 s retransmit each). Listening
+// again on the bound socket raises the backlog; the socket is protected.
+class HttpServer : public httplib::Server {
+ public:
+  void RaiseBacklog(int backlog) { ::listen(svr_sock_, backlog); }
+};
+
 }  // namespace
 
 std::string FaultKindName(FaultKind kind) {
@@ -340,7 +350,7 @@ class SimServer::Impl {
   std::string VideoUrl(const Job& job, const httplib::Request& req) const;
 
   const SimOptions options_;
-  httplib::Server server_;
+  HttpServer server_;
   std::thread listener_;
   std::atomic<int> port_{0};
   absl::Notification stopping_;
@@ -380,6 +390,7 @@ absl::Status SimServer::Impl::Start() {
         absl::StrCat("cannot bind ", options_.host, ":", port));
   }
   port_ = port;
+  server_.RaiseBacklog(4096);
   listener_ = std::thread([this] { server_.listen_after_bind(); });
   while (!server_.is_running()) absl::SleepFor(absl::Milliseconds(1));
   started_ = true;

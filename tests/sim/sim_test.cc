@@ -1,0 +1,793 @@
+// Drives the simulated AI/ML API over real HTTP on loopback.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "httplib.h"
+#include "nlohmann/json.hpp"
+#include "server/sim/mp4.h"
+#include "server/sim/sim_server.h"
+
+namespace videogen::sim {
+namespace {
+
+using nlohmann::json;
+using ::testing::HasSubstr;
+using ::testing::MatchesRegex;
+
+constexpr char kLegacy[] = "/v2/generate/video/kling/generation";
+constexpr char kNew[] = "/v2/video/generations";
+constexpr char kUuidRe[] =
+    "[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}";
+
+std::string Encode(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      absl::StrAppend(&out, "%", absl::Hex(c, absl::kZeroPad2));
+    }
+  }
+  return out;
+}
+
+// A started simulator plus a keep-alive client that sends the right key.
+class Sim {
+ public:
+  explicit Sim(SimOptions o = Fast()) : server_(o) {
+    absl::Status s = server_.Start();
+    EXPECT_TRUE(s.ok()) << s;
+    client_ = std::make_unique<httplib::Client>(server_.base_url());
+    client_->set_keep_alive(true);
+    client_->set_read_timeout(10, 0);
+  }
+
+  static SimOptions Fast() {
+    SimOptions o;
+    o.queued_for = absl::Milliseconds(200);
+    o.generating_for = absl::Milliseconds(300);
+    return o;
+  }
+
+  httplib::Result Post(const std::string& path, const std::string& body,
+                       httplib::Headers headers = Auth()) {
+    return client_->Post(path.c_str(), headers, body, "application/json");
+  }
+  httplib::Result Poll(const std::string& path, const std::string& id,
+                       httplib::Headers headers = Auth()) {
+    return client_->Get(
+        absl::StrCat(path, "?generation_id=", Encode(id)).c_str(), headers);
+  }
+  // Creates a job and returns its id.
+  std::string Create(const std::string& path = kNew,
+                     const std::string& body = R"({"prompt":"a cat"})") {
+    auto res = Post(path, body);
+    EXPECT_TRUE(res);
+    if (!res) return "";
+    EXPECT_EQ(res->status / 100, 2) << res->body;
+    return json::parse(res->body).value("id", "");
+  }
+  // Polls until the status is no longer queued/generating.
+  json WaitDone(const std::string& path, const std::string& id) {
+    absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while (absl::Now() < deadline) {
+      auto res = Poll(path, id);
+      if (res && res->status == 200) {
+        json j = json::parse(res->body);
+        if (j["status"] != "queued" && j["status"] != "generating") return j;
+      }
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    ADD_FAILURE() << "job " << id << " never finished";
+    return json();
+  }
+
+  static httplib::Headers Auth() {
+    return {{"Authorization", "Bearer sim-key"}};
+  }
+
+  SimServer& server() { return server_; }
+  httplib::Client& client() { return *client_; }
+
+ private:
+  SimServer server_;
+  std::unique_ptr<httplib::Client> client_;
+};
+
+void ExpectErrorShape(const httplib::Result& res, int status,
+                      const std::string& message) {
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, status);
+  json j = json::parse(res->body);
+  EXPECT_EQ(j["message"], message);
+  EXPECT_TRUE(j["path"].is_string());
+  EXPECT_TRUE(j["requestId"].is_string());
+  EXPECT_TRUE(j["timestamp"].is_string());
+  ASSERT_TRUE(j.contains("statusCode"));
+  // statusCode is a number or, as upstream sometimes does, a string.
+  std::string code = j["statusCode"].is_string()
+                         ? j["statusCode"].get<std::string>()
+                         : std::to_string(j["statusCode"].get<int>());
+  EXPECT_EQ(code, std::to_string(status));
+}
+
+// Sends one raw request and reads until the server closes. Returns the
+// promised Content-Length and the body bytes actually received.
+struct RawReply {
+  int status = 0;
+  size_t content_length = 0;
+  std::string body;
+};
+// Reads one response from `fd`: until the promised body is complete or the
+// server closes the connection.
+RawReply ReadReply(int fd) {
+  RawReply reply;
+  std::string all;
+  char buf[4096];
+  size_t header_end = std::string::npos;
+  for (;;) {
+    if (header_end == std::string::npos) {
+      header_end = all.find("\r\n\r\n");
+      if (header_end != std::string::npos) {
+        std::string head = all.substr(0, header_end);
+        (void)absl::SimpleAtoi(head.substr(9, 3), &reply.status);
+        size_t cl = head.find("Content-Length: ");
+        if (cl != std::string::npos) {
+          (void)absl::SimpleAtoi(
+              head.substr(cl + 16, head.find("\r\n", cl) - cl - 16),
+              &reply.content_length);
+        }
+      }
+    }
+    if (header_end != std::string::npos &&
+        all.size() - header_end - 4 >= reply.content_length) {
+      break;
+    }
+    ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    all.append(buf, n);
+  }
+  if (header_end != std::string::npos) reply.body = all.substr(header_end + 4);
+  return reply;
+}
+
+int Connect(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
+
+RawReply RawGet(int port, const std::string& target,
+                const std::string& extra_headers = "") {
+  int fd = Connect(port);
+  if (fd < 0) return RawReply();
+  std::string req = absl::StrCat(
+      "GET ", target,
+      " HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sim-key\r\n",
+      extra_headers, "\r\n");
+  EXPECT_EQ(send(fd, req.data(), req.size(), 0),
+            static_cast<ssize_t>(req.size()));
+  RawReply reply = ReadReply(fd);
+  close(fd);
+  return reply;
+}
+
+// ---------------------------------------------------------------- auth
+
+TEST(SimAuth, MissingOrWrongKeyIs401WithUpstreamShape) {
+  Sim sim;
+  for (const char* path : {kLegacy, kNew}) {
+    ExpectErrorShape(sim.Post(path, R"({"prompt":"x"})", {}), 401,
+                     "Unauthorized");
+    auto wrong = sim.Post(path, R"({"prompt":"x"})",
+                          {{"Authorization", "Bearer nope-secret"}});
+    ExpectErrorShape(wrong, 401, "Unauthorized");
+    EXPECT_THAT(wrong->body, ::testing::Not(HasSubstr("nope-secret")));
+    ExpectErrorShape(sim.Poll(path, "x", {{"Authorization", "sim-key"}}), 401,
+                     "Unauthorized");
+  }
+  EXPECT_EQ(sim.server().Stats().submits, 0);
+}
+
+TEST(SimAuth, RightKeyIsAccepted) {
+  Sim sim;
+  auto res = sim.Post(kNew, R"({"prompt":"x"})");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+}
+
+// ---------------------------------------------------------- validation
+
+TEST(SimValidation, EachBadBodyIs400BodyValidationError) {
+  Sim sim;
+  const std::string long_prompt(2501, 'a');
+  const std::vector<std::string> bad = {
+      "not json",
+      "[]",
+      R"({})",
+      R"({"prompt":""})",
+      R"({"prompt":"   "})",
+      R"({"prompt":42})",
+      R"({"prompt":"x","aspect_ratio":"4:3"})",
+      R"({"prompt":"x","aspect_ratio":169})",
+      R"({"prompt":"x","duration":7})",
+      R"({"prompt":"x","duration":"7"})",
+      R"({"prompt":"x","duration":"five"})",
+      R"({"prompt":"x","duration":true})",
+      R"({"prompt":"x","cfg_scale":-0.1})",
+      R"({"prompt":"x","cfg_scale":1.5})",
+      R"({"prompt":"x","cfg_scale":"0.5"})",
+      json{{"prompt", long_prompt}}.dump(),
+      json{{"prompt", "x"}, {"negative_prompt", long_prompt}}.dump(),
+  };
+  for (const char* path : {kLegacy, kNew}) {
+    for (const std::string& body : bad) {
+      SCOPED_TRACE(body.substr(0, 60));
+      ExpectErrorShape(sim.Post(path, body), 400, "Body validation error");
+    }
+  }
+  EXPECT_EQ(sim.server().Stats().submits, 0);
+}
+
+TEST(SimValidation, BoundaryValuesAreAccepted) {
+  Sim sim;
+  std::string e_acute_2500;
+  for (int i = 0; i < 2500; ++i) e_acute_2500 += "\xc3\xa9";  // 2500 chars
+  const std::vector<std::string> good = {
+      R"({"prompt":"x","duration":"5"})",
+      R"({"prompt":"x","duration":10})",
+      R"({"prompt":"x","duration":"10"})",
+      R"({"prompt":"x","duration":5,"cfg_scale":0})",
+      R"({"prompt":"x","cfg_scale":1,"aspect_ratio":"9:16"})",
+      R"({"prompt":"x","aspect_ratio":"1:1","negative_prompt":"blur"})",
+      R"({"model":"klingai/v2-master-text-to-video","prompt":"x"})",
+      json{{"prompt", std::string(2500, 'a')}}.dump(),
+      json{{"prompt", e_acute_2500}}.dump(),
+  };
+  for (const std::string& body : good) {
+    SCOPED_TRACE(body.substr(0, 60));
+    auto res = sim.Post(kNew, body);
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << res->body;
+  }
+  EXPECT_EQ(sim.server().Stats().submits, static_cast<int64_t>(good.size()));
+}
+
+// ------------------------------------------------------------- id shapes
+
+TEST(SimIds, LegacyIdsCarryTheSuffixNewIdsAreUuids) {
+  Sim sim;
+  auto legacy = sim.Post(kLegacy, R"({"prompt":"x"})");
+  ASSERT_TRUE(legacy);
+  EXPECT_EQ(legacy->status, 201);
+  json l = json::parse(legacy->body);
+  EXPECT_EQ(l["status"], "queued");
+  EXPECT_THAT(l["id"].get<std::string>(),
+              MatchesRegex(absl::StrCat(
+                  kUuidRe, ":kling-video/v2/master/text-to-video")));
+  auto fresh = sim.Post(kNew, R"({"prompt":"x"})");
+  ASSERT_TRUE(fresh);
+  json n = json::parse(fresh->body);
+  EXPECT_EQ(n["status"], "queued");
+  EXPECT_THAT(n["id"].get<std::string>(), MatchesRegex(kUuidRe));
+}
+
+TEST(SimIds, IdsWithColonAndSlashRoundTripByteForByte) {
+  Sim sim;
+  const std::string id = sim.Create(kLegacy);
+  ASSERT_THAT(id, HasSubstr(":kling-video/v2/"));
+  // Percent-encoded, and also raw (':' and '/' are legal in a query).
+  auto encoded = sim.Poll(kLegacy, id);
+  ASSERT_TRUE(encoded);
+  EXPECT_EQ(json::parse(encoded->body)["id"], id);
+  auto raw = sim.client().Get(
+      absl::StrCat(kLegacy, "?generation_id=", id).c_str(), Sim::Auth());
+  ASSERT_TRUE(raw);
+  EXPECT_EQ(raw->status, 200);
+  EXPECT_EQ(json::parse(raw->body)["id"], id);
+  SimStats stats = sim.server().Stats();
+  EXPECT_EQ(stats.polls_by_id[id], 2);
+  EXPECT_EQ(stats.polls_by_id.size(), 1u);
+}
+
+TEST(SimIds, UnknownIdIs404AndCountedVerbatim) {
+  Sim sim;
+  const std::string odd = "no-such:id/with spaces+plus%25&amp";
+  for (const char* path : {kLegacy, kNew}) {
+    ExpectErrorShape(sim.Poll(path, odd), 404, "Generation not found");
+  }
+  EXPECT_EQ(sim.server().Stats().polls_by_id[odd], 2);
+  auto missing = sim.client().Get(kNew, Sim::Auth());
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing->status, 400);
+}
+
+// ------------------------------------------------------------ progression
+
+TEST(SimTiming, QueuedThenGeneratingThenCompletedOnTheJobsClock) {
+  Sim sim;  // queued 200ms, generating 300ms
+  const absl::Time before = absl::Now();
+  const std::string id = sim.Create(kNew);
+  std::vector<std::string> seen;
+  absl::Time completed_at;
+  while (absl::Now() - before < absl::Seconds(20)) {
+    auto res = sim.Poll(kNew, id);
+    ASSERT_TRUE(res);
+    std::string status = json::parse(res->body)["status"];
+    if (seen.empty() || seen.back() != status) seen.push_back(status);
+    if (status == "completed") {
+      completed_at = absl::Now();
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_THAT(seen,
+              ::testing::ElementsAre("queued", "generating", "completed"));
+  // Completion can never come before queued_for + generating_for.
+  EXPECT_GE(completed_at - before, absl::Milliseconds(500));
+}
+
+TEST(SimTiming, RealisticScalesGenerationWithClipLength) {
+  SimOptions o = Sim::Fast();
+  o.queued_for = absl::ZeroDuration();
+  o.generating_for = absl::Milliseconds(400);
+  o.scale_with_duration = true;
+  Sim sim(o);
+  const std::string five = sim.Create(kNew, R"({"prompt":"x","duration":5})");
+  const std::string ten = sim.Create(kNew, R"({"prompt":"x","duration":10})");
+  sim.WaitDone(kNew, five);
+  // The 10 s clip needs 800ms; right after the 5 s one is done it cannot be.
+  auto res = sim.Poll(kNew, ten);
+  ASSERT_TRUE(res);
+  EXPECT_EQ(json::parse(res->body)["status"], "generating");
+  EXPECT_EQ(sim.WaitDone(kNew, ten)["status"], "completed");
+}
+
+// ------------------------------------------------------- completed shapes
+
+TEST(SimShapes, LegacyCompletedShape) {
+  Sim sim;
+  const std::string id = sim.Create(kLegacy);
+  json j = sim.WaitDone(kLegacy, id);
+  EXPECT_EQ(j["status"], "completed");
+  EXPECT_EQ(j["id"], id);
+  const json& v = j["video"];
+  EXPECT_THAT(v["url"].get<std::string>(),
+              MatchesRegex(absl::StrCat(sim.server().base_url(), "/files/",
+                                        kUuidRe, "\\.mp4")));
+  EXPECT_EQ(v["content_type"], "video/mp4");
+  EXPECT_THAT(v["file_name"].get<std::string>(),
+              MatchesRegex(absl::StrCat(kUuidRe, "\\.mp4")));
+  EXPECT_EQ(v["file_size"], SampleMp4().size());
+}
+
+TEST(SimShapes, NewCompletedShapeWithUsage) {
+  Sim sim;
+  for (int duration : {5, 10}) {
+    const std::string id = sim.Create(
+        kNew,
+        json{{"prompt", "x"}, {"duration", std::to_string(duration)}}.dump());
+    json j = sim.WaitDone(kNew, id);
+    EXPECT_EQ(j["status"], "completed");
+    EXPECT_TRUE(j["video"]["url"].is_string());
+    EXPECT_EQ(j["video"]["duration"], duration);
+    EXPECT_EQ(j["duration"], duration);
+    EXPECT_TRUE(j.contains("error") && j["error"].is_null());
+    EXPECT_EQ(j["meta"]["usage"]["tokens_used"], 24000 * duration);
+  }
+}
+
+// ----------------------------------------------------------- task errors
+
+TEST(SimErrors, ErrorRateOneFailsEveryJob) {
+  SimOptions o = Sim::Fast();
+  o.error_rate = 1;
+  Sim sim(o);
+  for (const char* path : {kLegacy, kNew}) {
+    json j = sim.WaitDone(path, sim.Create(path));
+    EXPECT_EQ(j["status"], "error");
+    EXPECT_TRUE(j["error"]["name"].is_string());
+    EXPECT_TRUE(j["error"]["message"].is_string());
+    EXPECT_FALSE(j.contains("video"));
+  }
+}
+
+TEST(SimErrors, OutcomesAreDeterministicPerSeed) {
+  auto outcomes = [](uint64_t seed) {
+    SimOptions o = Sim::Fast();
+    o.queued_for = absl::ZeroDuration();
+    o.generating_for = absl::ZeroDuration();
+    o.error_rate = 0.5;
+    o.seed = seed;
+    Sim sim(o);
+    std::string s;
+    for (int i = 0; i < 40; ++i) {
+      json j = sim.WaitDone(kNew, sim.Create(kNew));
+      s += j["status"] == "error" ? 'E' : 'C';
+    }
+    return s;
+  };
+  std::string a = outcomes(7);
+  EXPECT_EQ(a, outcomes(7));
+  EXPECT_THAT(a, HasSubstr("E"));
+  EXPECT_THAT(a, HasSubstr("C"));
+}
+
+// --------------------------------------------------------------- faults
+
+SimOptions WithFault(Endpoint e, FaultKind k, int every = 1) {
+  SimOptions o = Sim::Fast();
+  o.faults = {FaultRule{e, k, 0, every}};
+  o.retry_after_seconds = 7;
+  o.slow_delay = absl::Milliseconds(300);
+  return o;
+}
+
+TEST(SimFaults, HttpErrorFaultsOnCreateAndPoll) {
+  struct Case {
+    FaultKind kind;
+    int status;
+  };
+  for (Case c :
+       {Case{FaultKind::k429, 429}, Case{FaultKind::k429NoRetryAfter, 429},
+        Case{FaultKind::k500, 500}, Case{FaultKind::k502, 502},
+        Case{FaultKind::k503, 503}, Case{FaultKind::k504, 504}}) {
+    SCOPED_TRACE(FaultKindName(c.kind));
+    Sim create(WithFault(Endpoint::kCreate, c.kind));
+    auto res = create.Post(kNew, R"({"prompt":"x"})");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, c.status);
+    EXPECT_EQ(res->has_header("Retry-After"), c.kind == FaultKind::k429);
+    if (c.kind == FaultKind::k429) {
+      EXPECT_EQ(res->get_header_value("Retry-After"), "7");
+    }
+    EXPECT_EQ(create.server().Stats().submits, 0);  // no job was made
+    EXPECT_EQ(create.server().Stats().faults_by_kind[FaultKindName(c.kind)], 1);
+
+    Sim poll(WithFault(Endpoint::kPoll, c.kind));
+    const std::string id = poll.Create(kNew);
+    auto p = poll.Poll(kNew, id);
+    ASSERT_TRUE(p);
+    EXPECT_EQ(p->status, c.status);
+    EXPECT_EQ(p->has_header("Retry-After"), c.kind == FaultKind::k429);
+  }
+}
+
+TEST(SimFaults, EveryNthFiresOnlyOnMultiples) {
+  Sim sim(WithFault(Endpoint::kPoll, FaultKind::k503, 3));
+  const std::string id = sim.Create(kNew);
+  std::vector<int> statuses;
+  for (int i = 0; i < 6; ++i) statuses.push_back(sim.Poll(kNew, id)->status);
+  EXPECT_THAT(statuses, ::testing::ElementsAre(200, 200, 503, 200, 200, 503));
+  EXPECT_EQ(sim.server().Stats().faults_by_kind["503"], 2);
+}
+
+TEST(SimFaults, RateFiresAboutThatOften) {
+  SimOptions o = Sim::Fast();
+  o.faults = {FaultRule{Endpoint::kPoll, FaultKind::k500, 0.3, 0}};
+  Sim sim(o);
+  const std::string id = sim.Create(kNew);
+  int faults = 0;
+  for (int i = 0; i < 300; ++i) faults += sim.Poll(kNew, id)->status == 500;
+  EXPECT_GT(faults, 30);
+  EXPECT_LT(faults, 180);
+  EXPECT_EQ(sim.server().Stats().faults_by_kind["500"], faults);
+}
+
+TEST(SimFaults, SlowAnswersAfterTheDelay) {
+  Sim sim(WithFault(Endpoint::kPoll, FaultKind::kSlow));
+  const std::string id = sim.Create(kNew);
+  absl::Time start = absl::Now();
+  auto res = sim.Poll(kNew, id);
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(300));
+}
+
+TEST(SimFaults, ResetCutsTheResponseAndClosesTheConnection) {
+  Sim sim(WithFault(Endpoint::kPoll, FaultKind::kReset));
+  const std::string id = sim.Create(kNew);
+  RawReply r = RawGet(sim.server().port(),
+                      absl::StrCat(kNew, "?generation_id=", Encode(id)));
+  EXPECT_EQ(r.status, 200);
+  EXPECT_GT(r.content_length, 0u);
+  EXPECT_LT(r.body.size(), r.content_length);  // closed mid-body
+  EXPECT_FALSE(sim.Poll(kNew, id));  // the client sees a transport error
+}
+
+TEST(SimFaults, ResetOnCreateStillMakesTheJob) {
+  Sim sim(WithFault(Endpoint::kCreate, FaultKind::kReset));
+  EXPECT_FALSE(sim.Post(kNew, R"({"prompt":"x"})"));
+  EXPECT_EQ(sim.server().Stats().submits, 1);
+}
+
+TEST(SimFaults, MalformedJsonIs200WithABodyThatDoesNotParse) {
+  for (Endpoint e : {Endpoint::kCreate, Endpoint::kPoll}) {
+    Sim sim(WithFault(e, FaultKind::kMalformedJson));
+    auto res = e == Endpoint::kCreate ? sim.Post(kNew, R"({"prompt":"x"})")
+                                      : sim.Poll(kNew, sim.Create(kNew));
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+    EXPECT_TRUE(json::parse(res->body, nullptr, false).is_discarded())
+        << res->body;
+  }
+}
+
+TEST(SimFaults, OddStatusesReplaceTheUsualOnes) {
+  SimOptions o = WithFault(Endpoint::kPoll, FaultKind::kOddStatus);
+  o.faults.push_back({Endpoint::kCreate, FaultKind::kOddStatus, 0, 1});
+  Sim sim(o);
+  auto created = sim.Post(kNew, R"({"prompt":"x"})");
+  ASSERT_TRUE(created);
+  json c = json::parse(created->body);
+  EXPECT_EQ(c["status"], "waiting");
+  std::set<std::string> seen;
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (!seen.count("succeeded") && absl::Now() < deadline) {
+    seen.insert(json::parse(sim.Poll(kNew, c["id"])->body)["status"]
+                    .get<std::string>());
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(seen, (std::set<std::string>{"waiting", "active", "succeeded"}));
+}
+
+TEST(SimFaults, OddStatusOfAFailedJobIsFailed) {
+  SimOptions o = WithFault(Endpoint::kPoll, FaultKind::kOddStatus);
+  o.error_rate = 1;
+  Sim sim(o);
+  const std::string id = sim.Create(kNew);
+  absl::SleepFor(absl::Milliseconds(600));
+  json j;
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
+  do {
+    j = json::parse(sim.Poll(kNew, id)->body);
+  } while (j["status"] != "failed" && absl::Now() < deadline);
+  EXPECT_EQ(j["status"], "failed");
+  EXPECT_TRUE(j["error"]["message"].is_string());
+}
+
+TEST(SimFaults, SetFaultsAtRunTime) {
+  Sim sim;
+  const std::string id = sim.Create(kNew);
+  EXPECT_EQ(sim.Poll(kNew, id)->status, 200);
+  sim.server().SetFaults({{Endpoint::kPoll, FaultKind::k502, 0, 1}});
+  EXPECT_EQ(sim.Poll(kNew, id)->status, 502);
+  sim.server().SetFaults({});
+  EXPECT_EQ(sim.Poll(kNew, id)->status, 200);
+}
+
+TEST(SimFaults, ParseFaultRule) {
+  auto r = ParseFaultRule("poll:500:rate=0.1");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->endpoint, Endpoint::kPoll);
+  EXPECT_EQ(r->kind, FaultKind::k500);
+  EXPECT_DOUBLE_EQ(r->rate, 0.1);
+  r = ParseFaultRule("create:429:every=3");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->endpoint, Endpoint::kCreate);
+  EXPECT_EQ(r->kind, FaultKind::k429);
+  EXPECT_EQ(r->every_nth, 3);
+  EXPECT_EQ(ParseFaultRule("download:reset")->rate, 1);  // always
+  EXPECT_EQ(ParseFaultRule("poll:429nr")->kind, FaultKind::k429NoRetryAfter);
+  EXPECT_EQ(ParseFaultRule("poll:malformed")->kind, FaultKind::kMalformedJson);
+  EXPECT_EQ(ParseFaultRule("poll:odd")->kind, FaultKind::kOddStatus);
+  EXPECT_EQ(ParseFaultRule("poll:slow")->kind, FaultKind::kSlow);
+  for (const char* bad : {"poll", "nowhere:500", "poll:418", "poll:500:rate=2",
+                          "poll:500:every=0", "poll:500:often"}) {
+    EXPECT_FALSE(ParseFaultRule(bad).ok()) << bad;
+  }
+}
+
+// ---------------------------------------------------------------- stats
+
+TEST(SimStats, CountsRequestsPollsFaultsAndCorrelationHeaders) {
+  Sim sim(WithFault(Endpoint::kPoll, FaultKind::k500, 2));
+  auto created = sim.Post(kLegacy, R"({"prompt":"x"})",
+                          {{"Authorization", "Bearer sim-key"},
+                           {"X-Client-Request-Id", "gen-123"},
+                           {"traceparent", "00-abc-def-01"}});
+  ASSERT_TRUE(created);
+  EXPECT_EQ(created->get_header_value("X-Client-Request-Id"), "gen-123");
+  const std::string id = json::parse(created->body)["id"];
+  for (int i = 0; i < 3; ++i) {
+    sim.Poll(kLegacy, id,
+             {{"Authorization", "Bearer sim-key"},
+              {"X-Client-Request-Id", "gen-123"},
+              {"traceparent", absl::StrCat("00-abc-", i, "-01")}});
+  }
+  sim.Post(kNew, "{}");
+  SimStats s = sim.server().Stats();
+  EXPECT_EQ(s.submits, 1);
+  EXPECT_EQ(s.requests_by_path[absl::StrCat("POST ", kLegacy)], 1);
+  EXPECT_EQ(s.requests_by_path[absl::StrCat("GET ", kLegacy)], 3);
+  EXPECT_EQ(s.requests_by_path[absl::StrCat("POST ", kNew)], 1);
+  EXPECT_EQ(s.polls_by_id[id], 3);
+  EXPECT_EQ(s.faults_by_kind["500"], 1);
+  EXPECT_EQ(s.client_request_id_by_id[id], "gen-123");
+  EXPECT_EQ(s.traceparent_by_id[id], "00-abc-2-01");
+
+  // The same numbers as JSON; reading them is not a poll.
+  for (int i = 0; i < 2; ++i) {
+    auto res = sim.client().Get("/sim/stats");
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 200);
+    json j = json::parse(res->body);
+    EXPECT_EQ(j["submits"], 1);
+    EXPECT_EQ(j["polls_by_id"][id], 3);
+    EXPECT_EQ(j["faults_by_kind"]["500"], 1);
+    EXPECT_EQ(j["requests_by_path"][absl::StrCat("GET ", kLegacy)], 3);
+    EXPECT_EQ(j["client_request_id_by_id"][id], "gen-123");
+    EXPECT_EQ(j["traceparent_by_id"][id], "00-abc-2-01");
+  }
+  EXPECT_EQ(sim.server().Stats().requests_by_path.size(), 3u);
+
+  sim.server().ResetStats();
+  s = sim.server().Stats();
+  EXPECT_EQ(s.submits, 0);
+  EXPECT_TRUE(s.polls_by_id.empty());
+  sim.server().SetFaults({});
+  EXPECT_EQ(sim.Poll(kLegacy, id)->status, 200);  // jobs survive a reset
+}
+
+// ---------------------------------------------------------------- video
+
+uint32_t Be32(const std::string& s, size_t at) {
+  return (uint32_t(uint8_t(s[at])) << 24) |
+         (uint32_t(uint8_t(s[at + 1])) << 16) |
+         (uint32_t(uint8_t(s[at + 2])) << 8) | uint32_t(uint8_t(s[at + 3]));
+}
+
+TEST(SimVideo, Mp4BoxesAreConsistent) {
+  const std::string& mp4 = SampleMp4();
+  std::vector<std::string> top;
+  size_t mdat_payload = 0, mdat_size = 0;
+  for (size_t at = 0; at + 8 <= mp4.size();) {
+    uint32_t size = Be32(mp4, at);
+    ASSERT_GE(size, 8u);
+    top.push_back(mp4.substr(at + 4, 4));
+    if (top.back() == "mdat") {
+      mdat_payload = at + 8;
+      mdat_size = size - 8;
+    }
+    at += size;
+    ASSERT_LE(at, mp4.size());
+  }
+  EXPECT_THAT(top, ::testing::ElementsAre("ftyp", "moov", "mdat"));
+  EXPECT_EQ(mp4.substr(8, 4), "isom");
+  // The single chunk starts at the mdat payload and holds every sample.
+  size_t stco = mp4.find("stco");
+  ASSERT_NE(stco, std::string::npos);
+  EXPECT_EQ(Be32(mp4, stco + 12), mdat_payload);
+  size_t stsz = mp4.find("stsz");
+  ASSERT_NE(stsz, std::string::npos);
+  uint32_t count = Be32(mp4, stsz + 12);
+  EXPECT_EQ(count, 10u);
+  size_t total = 0;
+  for (uint32_t i = 0; i < count; ++i) total += Be32(mp4, stsz + 16 + 4 * i);
+  EXPECT_EQ(total, mdat_size);
+  // Every sample is one length-prefixed IDR NAL (type 5).
+  for (size_t at = mdat_payload; at < mdat_payload + mdat_size;) {
+    EXPECT_EQ(uint8_t(mp4[at + 4]) & 0x1f, 5);
+    at += 4 + Be32(mp4, at);
+  }
+  EXPECT_NE(mp4.find("avcC"), std::string::npos);
+}
+
+TEST(SimVideo, VideoUrlServesTheMp4WithRanges) {
+  Sim sim;
+  json j = sim.WaitDone(kLegacy, sim.Create(kLegacy));
+  const std::string url = j["video"]["url"];
+  const std::string path = url.substr(sim.server().base_url().size());
+  httplib::Client files(sim.server().base_url());
+  auto whole = files.Get(path.c_str());
+  ASSERT_TRUE(whole);
+  EXPECT_EQ(whole->status, 200);
+  EXPECT_EQ(whole->get_header_value("Content-Type"), "video/mp4");
+  EXPECT_EQ(whole->get_header_value("Content-Length"),
+            std::to_string(SampleMp4().size()));
+  EXPECT_EQ(whole->body, SampleMp4());
+  EXPECT_EQ(whole->body.substr(4, 4), "ftyp");
+
+  auto part = files.Get(path.c_str(), {{"Range", "bytes=100-"}});
+  ASSERT_TRUE(part);
+  EXPECT_EQ(part->status, 206);
+  EXPECT_EQ(part->get_header_value("Content-Range"),
+            absl::StrCat("bytes 100-", SampleMp4().size() - 1, "/",
+                         SampleMp4().size()));
+  EXPECT_EQ(part->body, SampleMp4().substr(100));
+
+  EXPECT_EQ(
+      files.Get("/files/00000000-0000-4000-8000-000000000000.mp4")->status,
+      404);
+}
+
+TEST(SimVideo, NoFileBeforeCompletion) {
+  Sim sim;
+  const std::string id = sim.Create(kNew);
+  httplib::Client files(sim.server().base_url());
+  EXPECT_EQ(files.Get(absl::StrCat("/files/", id, ".mp4").c_str())->status,
+            404);
+}
+
+TEST(SimVideo, ResetDownloadCanBeResumedWithRange) {
+  Sim sim(WithFault(Endpoint::kDownload, FaultKind::kReset, 2));
+  json j = sim.WaitDone(kNew, sim.Create(kNew));
+  const std::string url = j["video"]["url"];
+  const std::string path = url.substr(sim.server().base_url().size());
+  // First download is fine (1), the second (2) is cut, a resume (3) is fine.
+  EXPECT_EQ(RawGet(sim.server().port(), path).body, SampleMp4());
+  RawReply cut = RawGet(sim.server().port(), path);
+  EXPECT_EQ(cut.content_length, SampleMp4().size());
+  ASSERT_GT(cut.body.size(), 0u);
+  ASSERT_LT(cut.body.size(), SampleMp4().size());
+  RawReply rest =
+      RawGet(sim.server().port(), path,
+             absl::StrCat("Range: bytes=", cut.body.size(), "-\r\n"));
+  EXPECT_EQ(rest.status, 206);
+  EXPECT_EQ(cut.body + rest.body, SampleMp4());
+}
+
+// ---------------------------------------------------------- concurrency
+
+TEST(SimConcurrency, ManyKeepAliveConnectionsAreAllServed) {
+  rlimit lim{};
+  getrlimit(RLIMIT_NOFILE, &lim);
+  // Client and server ends both live in this process.
+  const int n = static_cast<int>(std::min<rlim_t>(
+      1000, (lim.rlim_cur > 200 ? lim.rlim_cur - 200 : 0) / 2));
+  ASSERT_GE(n, 100) << "RLIMIT_NOFILE too low for this test";
+  Sim sim;
+  const std::string id = sim.Create(kNew);
+  const std::string req = absl::StrCat(
+      "GET ", kNew, "?generation_id=", id,
+      " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sim-key\r\n\r\n");
+  std::vector<int> fds;
+  for (int i = 0; i < n; ++i) {
+    int fd = Connect(sim.server().port());
+    ASSERT_GE(fd, 0);
+    fds.push_back(fd);
+  }
+  // Two rounds on every connection while all of them stay open.
+  for (int round = 0; round < 2; ++round) {
+    for (int fd : fds) {
+      ASSERT_EQ(send(fd, req.data(), req.size(), 0),
+                static_cast<ssize_t>(req.size()));
+    }
+    int ok = 0;
+    for (int fd : fds) {
+      RawReply r = ReadReply(fd);
+      ok += r.status == 200 && r.body.size() == r.content_length;
+    }
+    EXPECT_EQ(ok, n) << "round " << round;
+  }
+  for (int fd : fds) close(fd);
+  EXPECT_EQ(sim.server().Stats().polls_by_id[id], 2 * n);
+}
+
+}  // namespace
+}  // namespace videogen::sim
