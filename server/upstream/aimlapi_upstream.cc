@@ -479,8 +479,18 @@ absl::Status AimlApiUpstream::Loop::TransportError(const Call& call,
 void AimlApiUpstream::Loop::Retry(std::unique_ptr<Call> call,
                                   absl::Duration server_delay,
                                   const absl::Status& final_status) {
-  if (call->attempt >= std::max(1, options_.max_attempts) ||
-      server_delay > options_.max_retry_after) {
+  if (server_delay > options_.max_retry_after) {
+    Finish(
+        std::move(call),
+        absl::Status(
+            final_status.code(),
+            absl::StrCat(
+                final_status.message(), " The upstream asked to retry after ",
+                absl::FormatDuration(server_delay), ", beyond the limit of ",
+                absl::FormatDuration(options_.max_retry_after), ".")));
+    return;
+  }
+  if (call->attempt >= std::max(1, options_.max_attempts)) {
     Finish(std::move(call), final_status);
     return;
   }

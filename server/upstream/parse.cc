@@ -237,6 +237,14 @@ ErrorBody ParseErrorBody(absl::string_view body) {
       }
     }
   }
+  // Validation errors often list the problems next to a generic message.
+  if (const json* errors = Field(doc, "errors");
+      errors != nullptr && errors->is_array() && !errors->empty()) {
+    std::vector<std::string> parts;
+    for (const json& e : *errors) parts.push_back(DetailLine(e));
+    absl::StrAppend(&out.message, out.message.empty() ? "" : ": ",
+                    absl::StrJoin(parts, "; "));
+  }
   out.message = Excerpt(out.message);
   out.path = AsString(Field(doc, "path"));
   out.request_id = AsString(Field(doc, "requestId"));

@@ -159,6 +159,9 @@ TEST(ParseErrorBody, StatusCodeAsStringAndMessageArray) {
   EXPECT_EQ(e.path, "/v2/x");
   EXPECT_EQ(e.request_id, "req-1");
   EXPECT_EQ(e.status_code, 400);
+  ErrorBody listed = ParseErrorBody(R"({"message":"Body validation error",
+      "errors":["duration must be 5 or 10"],"statusCode":400})");
+  EXPECT_EQ(listed.message, "Body validation error: duration must be 5 or 10");
   ErrorBody html = ParseErrorBody("<html>\n<b>Bad gateway</b></html>");
   EXPECT_EQ(html.message, "<html> <b>Bad gateway</b></html>");
 }
