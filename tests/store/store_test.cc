@@ -46,8 +46,15 @@ class TempDir {
     path_ = made ? made : "";
   }
   ~TempDir() {
+    // Tests chmod directories read-only; make them removable again.
     std::error_code ec;
     fs::permissions(path_, fs::perms::owner_all, fs::perm_options::add, ec);
+    for (const auto& e : fs::recursive_directory_iterator(path_, ec)) {
+      if (e.is_directory(ec)) {
+        fs::permissions(e.path(), fs::perms::owner_all, fs::perm_options::add,
+                        ec);
+      }
+    }
     fs::remove_all(path_, ec);
   }
   const std::string& path() const { return path_; }
