@@ -39,7 +39,13 @@ CREATE TABLE generations (
 );
 CREATE INDEX generations_by_create
   ON generations (create_time_ns DESC, id DESC);
-CREATE INDEX generations_by_done ON generations (done, update_time_ns);
+-- Partial indexes: the active rows in LoadActive's order (startup reads
+-- them without a sort, and the index stays small as terminal rows pile up),
+-- and the terminal rows by age, for the retention purge.
+CREATE INDEX generations_active ON generations (create_time_ns, id)
+  WHERE done = 0;
+CREATE INDEX generations_terminal ON generations (update_time_ns)
+  WHERE done = 1;
 CREATE TABLE generation_labels (
   id TEXT NOT NULL REFERENCES generations (id) ON DELETE CASCADE,
   key TEXT NOT NULL,
