@@ -52,8 +52,13 @@ class Connection {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    // Also the connect timeout of each attempt.
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
                 static_cast<int>(absl::ToInt64Milliseconds(global.timeout)));
+    // Finds a dead connection under a long, quiet watch (the server allows
+    // pings every 10 s; its heartbeats keep the stream itself busy).
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
     Connection c;
     c.channel_ = grpc::CreateCustomChannel(global.server, *creds, args);
     c.stub_ = v1::VideoGeneration::NewStub(c.channel_);

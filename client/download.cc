@@ -254,6 +254,11 @@ absl::StatusOr<DownloadResult> Download(const DownloadOptions& options) {
   }
   bool range_refused = false;
   absl::StatusOr<Transfer> t = Attempt(options, offset, &range_refused);
+  if (t.ok() && range_refused && t->status == 416 && t->range_total == offset) {
+    // "bytes */N" with N = what we have: the file is already complete.
+    result.bytes = result.resumed_from = result.expected_size = offset;
+    return result;
+  }
   if (t.ok() && range_refused) t = Attempt(options, 0, &range_refused);
   if (!t.ok()) return t.status();
   result.resumed_from = t->offset;
