@@ -376,14 +376,17 @@ absl::Status SqliteStore::Put(const Record& record) {
     if (rc != SQLITE_DONE) return Error(rc, "starting a write");
   }
   absl::Status status = PutLocked(record);
-  Stmt end = status.ok() ? commit_ : rollback_;
-  ResetOnExit reset(end);
-  int rc = sqlite3_step(end);
-  if (rc != SQLITE_DONE) {
-    if (status.ok()) {
-      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-      return Error(rc, absl::StrCat("committing generation ", g.id()));
+  {
+    Stmt end = status.ok() ? commit_ : rollback_;
+    ResetOnExit reset(end);
+    int rc = sqlite3_step(end);
+    if (rc != SQLITE_DONE && status.ok()) {
+      status = Error(rc, absl::StrCat("committing generation ", g.id()));
     }
+  }
+  // Never leave a transaction open for the next call to trip over.
+  if (sqlite3_get_autocommit(db_) == 0) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
   }
   return status;
 }
