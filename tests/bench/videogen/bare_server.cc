@@ -1,0 +1,228 @@
+#include "tests/bench/videogen/bare_server.h"
+
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <unordered_set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "google/protobuf/util/time_util.h"
+#include "grpcpp/grpcpp.h"
+#include "videogen/v1/video_generation.grpc.pb.h"
+
+namespace videogen::bench {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+using v1::Generation;
+using v1::GenerationEvent;
+using EventPtr = std::shared_ptr<const GenerationEvent>;
+
+google::protobuf::Timestamp Stamp(absl::Time t) {
+  return TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
+}
+
+class BareStream;
+
+// Every live stream. Thread-safe.
+class Registry {
+ public:
+  void Add(BareStream* s) {
+    absl::MutexLock lock(&mu_);
+    streams_.insert(s);
+  }
+  void Remove(BareStream* s) {
+    absl::MutexLock lock(&mu_);
+    streams_.erase(s);
+  }
+  int64_t Broadcast(const EventPtr& event, bool final);
+
+ private:
+  absl::Mutex mu_;
+  std::unordered_set<BareStream*> streams_ ABSL_GUARDED_BY(mu_);
+};
+
+// One held stream: one write in flight, the newest event waiting behind it
+// (the same bounded outbox videogen keeps). Called from gRPC threads and
+// from the broadcasting thread; state is guarded by mu_, and reactor calls
+// are made outside the lock.
+class BareStream : public grpc::ServerWriteReactor<GenerationEvent> {
+ public:
+  BareStream(Registry* registry, const std::string& id) : registry_(registry) {
+    GenerationEvent snapshot = RepresentativeEvent(
+        GenerationEvent::TYPE_SNAPSHOT, Generation::STATE_QUEUED, 1);
+    snapshot.mutable_generation()->set_id(id);
+    registry_->Add(this);
+    Offer(std::make_shared<const GenerationEvent>(std::move(snapshot)), false);
+  }
+
+  void Offer(EventPtr event, bool final) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finishing_) return;
+      pending_ = std::move(event);
+      final_ = final_ || final;
+      if (in_flight_) return;
+    }
+    Pump();
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mu_);
+      in_flight_.reset();
+      if (!ok) {
+        finishing_ = true;
+        pending_.reset();
+      }
+    }
+    if (ok) {
+      Pump();
+    } else {
+      Finish(grpc::Status::CANCELLED);
+    }
+  }
+
+  void OnDone() override {
+    registry_->Remove(this);
+    delete this;
+  }
+
+ private:
+  void Pump() {
+    EventPtr next;
+    bool finish = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (in_flight_ || finishing_) return;
+      if (pending_) {
+        in_flight_ = std::move(pending_);
+        pending_.reset();
+        next = in_flight_;
+      } else if (final_) {
+        finishing_ = finish = true;
+      }
+    }
+    if (next) StartWrite(next.get());
+    if (finish) Finish(grpc::Status::OK);
+  }
+
+  Registry* const registry_;
+  absl::Mutex mu_;
+  EventPtr in_flight_ ABSL_GUARDED_BY(mu_);
+  EventPtr pending_ ABSL_GUARDED_BY(mu_);
+  bool final_ ABSL_GUARDED_BY(mu_) = false;
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+int64_t Registry::Broadcast(const EventPtr& event, bool final) {
+  absl::MutexLock lock(&mu_);
+  for (BareStream* s : streams_) s->Offer(event, final);
+  return static_cast<int64_t>(streams_.size());
+}
+
+// The bare service. Thread-safe (state lives in the registry).
+class BareService : public v1::VideoGeneration::CallbackService {
+ public:
+  grpc::ServerWriteReactor<GenerationEvent>* WatchGeneration(
+      grpc::CallbackServerContext*,
+      const v1::WatchGenerationRequest* request) override {
+    return new BareStream(&registry_, request->id());
+  }
+
+  grpc::ServerUnaryReactor* GetGeneration(
+      grpc::CallbackServerContext* context,
+      const v1::GetGenerationRequest* request, Generation* response) override {
+    auto* reactor = context->DefaultReactor();
+    bool final = request->id() == "broadcast-final";
+    if (!final && request->id() != "broadcast") {
+      reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "control"));
+      return reactor;
+    }
+    // Stamped before the fan-out, as videogen stamps the poll's time.
+    ++revision_;
+    GenerationEvent event = RepresentativeEvent(
+        GenerationEvent::TYPE_UPDATE,
+        final ? Generation::STATE_COMPLETED : Generation::STATE_GENERATING,
+        revision_);
+    *event.mutable_observe_time() = Stamp(absl::Now());
+    int64_t n = registry_.Broadcast(
+        std::make_shared<const GenerationEvent>(std::move(event)), final);
+    response->set_revision(n);
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+ private:
+  Registry registry_;
+  std::atomic<int64_t> revision_{1};
+};
+
+}  // namespace
+
+GenerationEvent RepresentativeEvent(GenerationEvent::Type type,
+                                    Generation::State state, int64_t revision) {
+  GenerationEvent e;
+  e.set_type(type);
+  Generation* g = e.mutable_generation();
+  absl::Time created = absl::Now() - absl::Seconds(5);
+  const std::string uuid = "3f2b9c7e-8d41-4a6f-9e20-5b7c1d0a4e93";
+  g->set_id("Zq3vX8mK2pR7tL9wB4nH1c");
+  g->set_state(state);
+  g->set_revision(revision);
+  g->set_upstream_id(
+      absl::StrCat(uuid, ":kling-video/v2/master/text-to-video"));
+  g->set_upstream_status(state == Generation::STATE_QUEUED       ? "queued"
+                         : state == Generation::STATE_GENERATING ? "generating"
+                                                                 : "completed");
+  v1::GenerateRequest* r = g->mutable_request();
+  r->set_request_id("bench-000000-00000");
+  r->set_model("klingai/v2-master-text-to-video");
+  r->set_prompt(kPrompt);
+  r->set_aspect_ratio("16:9");
+  r->set_duration_seconds(5);
+  *g->mutable_create_time() = Stamp(created);
+  *g->mutable_update_time() = Stamp(absl::Now());
+  if (state == Generation::STATE_COMPLETED) {
+    g->set_done(true);
+    v1::Video* v = g->mutable_video();
+    v->set_url(absl::StrCat("http://127.0.0.1:40000/files/", uuid, ".mp4"));
+    v->set_content_type("video/mp4");
+    v->set_file_name(absl::StrCat(uuid, ".mp4"));
+    v->set_file_size_bytes(1337);
+  }
+  return e;
+}
+
+int RunBareServer(int port) {
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);  // before gRPC threads start
+
+  BareService service;
+  grpc::ServerBuilder builder;
+  int bound = 0;
+  builder.AddListeningPort(absl::StrCat("127.0.0.1:", port),
+                           grpc::InsecureServerCredentials(), &bound);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || bound == 0) {
+    std::fprintf(stderr, "bare_server: cannot listen on port %d\n", port);
+    return 1;
+  }
+  std::printf("bare_server listening on 127.0.0.1:%d\n", bound);
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&stop, &sig);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  return 0;
+}
+
+}  // namespace videogen::bench

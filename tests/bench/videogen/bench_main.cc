@@ -1,0 +1,185 @@
+// videogen-bench: stream scale, fan-out latency, throughput and upstream
+// efficiency of videogen-server, measured side by side with a bare gRPC
+// server in the same run. Writes a markdown report (see --out).
+#include <curl/curl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "grpcpp/grpcpp.h"
+#include "nlohmann/json.hpp"
+#include "tests/bench/videogen/bare_server.h"
+#include "tests/bench/videogen/proc.h"
+#include "tests/bench/videogen/report.h"
+#include "tests/bench/videogen/scenarios.h"
+
+ABSL_FLAG(bool, bare_server, false,
+          "run as the bare baseline server (internal; started by the bench)");
+ABSL_FLAG(int, port, 0, "--bare_server: port to listen on (0 picks one)");
+ABSL_FLAG(std::string, server_bin, "",
+          "videogen-server binary (default: <build>/server/videogen-server)");
+ABSL_FLAG(std::string, sim_bin, "",
+          "videogen-sim binary (default: <build>/server/sim/videogen-sim)");
+ABSL_FLAG(std::string, out, "bench-results.md", "markdown report to write");
+ABSL_FLAG(std::vector<std::string>, scenarios,
+          std::vector<std::string>({"watchers", "throughput", "upstream"}),
+          "which scenarios to run: watchers, throughput, upstream");
+ABSL_FLAG(std::vector<std::string>, watchers,
+          std::vector<std::string>({"1000", "10000", "50000"}),
+          "watcher counts of the watchers scenario");
+ABSL_FLAG(int, generations, 10, "generations the watchers are spread over");
+ABSL_FLAG(int, streams_per_channel, 500,
+          "streams per client channel (one TCP connection each)");
+ABSL_FLAG(absl::Duration, generating_for, absl::Seconds(3),
+          "sim time a job spends generating (also the bare update spacing)");
+ABSL_FLAG(absl::Duration, poll_interval, absl::Milliseconds(500),
+          "videogen --poll_interval in the watchers and upstream scenarios");
+ABSL_FLAG(int, concurrency, 32, "calls in flight in the throughput scenario");
+ABSL_FLAG(absl::Duration, load_duration, absl::Seconds(5),
+          "length of each throughput run");
+ABSL_FLAG(std::vector<std::string>, efficiency_watchers,
+          std::vector<std::string>({"1", "10", "100", "1000"}),
+          "watcher counts of the upstream scenario");
+ABSL_FLAG(bool, strict, false,
+          "exit 1 when any stream or call failed (for the smoke test)");
+ABSL_FLAG(std::string, invoked_as, "",
+          "command shown in the report (default: this process's argv)");
+
+namespace videogen::bench {
+namespace {
+
+std::string SelfPath() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  return n > 0 ? std::string(buf, n) : "videogen-bench";
+}
+
+std::string Dir(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+std::vector<int> Ints(const std::vector<std::string>& v) {
+  std::vector<int> out;
+  for (const auto& s : v) {
+    int x = 0;
+    if (absl::SimpleAtoi(s, &x) && x > 0) out.push_back(x);
+  }
+  return out;
+}
+
+bool Has(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+int Run(int argc, char** argv) {
+  Paths paths;
+  paths.self_bin = SelfPath();
+  // The binary lives in <build>/tests/bench/videogen/.
+  const std::string build = Dir(Dir(Dir(Dir(paths.self_bin))));
+  paths.server_bin = absl::GetFlag(FLAGS_server_bin);
+  if (paths.server_bin.empty()) {
+    paths.server_bin = build + "/server/videogen-server";
+  }
+  paths.sim_bin = absl::GetFlag(FLAGS_sim_bin);
+  if (paths.sim_bin.empty()) paths.sim_bin = build + "/server/sim/videogen-sim";
+  const std::string out = absl::GetFlag(FLAGS_out);
+  paths.log_dir = Dir(out) + "/logs";
+  if (std::system(absl::StrCat("mkdir -p '", paths.log_dir, "'").c_str()) !=
+      0) {
+    std::fprintf(stderr, "cannot create %s\n", paths.log_dir.c_str());
+    return 2;
+  }
+
+  Report report;
+  report.machine = DescribeMachine();
+  report.fd_limit = RaiseFdLimit();  // before any child starts: they inherit
+  std::vector<std::string> args(argv, argv + argc);
+  report.command = absl::GetFlag(FLAGS_invoked_as).empty()
+                       ? absl::StrJoin(args, " ")
+                       : absl::GetFlag(FLAGS_invoked_as);
+  report.start = absl::Now();
+
+  WatchOptions wo;
+  wo.generations = absl::GetFlag(FLAGS_generations);
+  wo.streams_per_channel = absl::GetFlag(FLAGS_streams_per_channel);
+  wo.generating_for = absl::GetFlag(FLAGS_generating_for);
+  wo.poll_interval = absl::GetFlag(FLAGS_poll_interval);
+  const std::vector<std::string> scenarios = absl::GetFlag(FLAGS_scenarios);
+
+  if (Has(scenarios, "watchers")) {
+    // Seconds of attach per stream, learned as the runs go, so the sim keeps
+    // jobs queued until every watcher is attached.
+    double attach_per_stream = 0.001;
+    for (int n : Ints(absl::GetFlag(FLAGS_watchers))) {
+      WatchPair pair;
+      pair.n = n;
+      wo.queued_for = absl::Seconds(2 + 2 * attach_per_stream * n);
+      pair.queued_for = wo.queued_for;
+      std::fprintf(stderr, "[bench] watchers %d: videogen (sim queued %s)\n", n,
+                   absl::FormatDuration(wo.queued_for).c_str());
+      pair.videogen = RunVideogenWatchers(paths, wo, n);
+      int updates = pair.videogen.TypicalUpdates();
+      std::fprintf(stderr, "[bench] watchers %d: bare, %d updates\n", n,
+                   updates);
+      pair.bare = RunBareWatchers(paths, wo, n, updates);
+      for (const WatchRun* r : {&pair.videogen, &pair.bare}) {
+        if (r->result.attach_time < absl::InfiniteDuration()) {
+          attach_per_stream =
+              std::max(attach_per_stream,
+                       absl::ToDoubleSeconds(r->result.attach_time) / n);
+        }
+      }
+      report.watchers.push_back(std::move(pair));
+    }
+  }
+  if (Has(scenarios, "throughput")) {
+    std::fprintf(stderr, "[bench] throughput\n");
+    report.throughput = RunThroughput(paths, absl::GetFlag(FLAGS_concurrency),
+                                      absl::GetFlag(FLAGS_load_duration));
+  }
+  if (Has(scenarios, "upstream")) {
+    std::fprintf(stderr, "[bench] upstream efficiency\n");
+    report.efficiency = RunEfficiency(
+        paths, wo, Ints(absl::GetFlag(FLAGS_efficiency_watchers)));
+  }
+  report.end = absl::Now();
+
+  std::string md = RenderMarkdown(report);
+  std::ofstream(out) << md;
+  std::fputs(md.c_str(), stdout);
+  std::fprintf(stderr, "[bench] report written to %s\n", out.c_str());
+  if (absl::GetFlag(FLAGS_strict) && report.AnyFailure()) {
+    std::fprintf(stderr, "[bench] --strict: failures above\n");
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace videogen::bench
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "videogen-bench: watchers, bare baseline, throughput and upstream "
+      "efficiency of videogen-server. Example:\n"
+      "  videogen-bench --out=build/bench/results.md --watchers=1000,10000");
+  absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_bare_server)) {
+    return videogen::bench::RunBareServer(absl::GetFlag(FLAGS_port));
+  }
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  return videogen::bench::Run(argc, argv);
+}

@@ -1,0 +1,338 @@
+#include "tests/bench/videogen/report.h"
+
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
+#include "grpcpp/grpcpp.h"
+#include "tests/bench/videogen/stats.h"
+
+namespace videogen::bench {
+namespace {
+
+// The product docs' loop: one GET every 10 s for a ~5.5 min generation.
+constexpr int kDocsPollsPerWatcher = 33;
+
+std::string Mb(int64_t bytes) {
+  if (bytes < 0) return "n/a";
+  return absl::StrFormat("%.1f", static_cast<double>(bytes) / (1 << 20));
+}
+
+std::string Fixed(double v, int digits = 2) {
+  return absl::StrFormat("%.*f", digits, v);
+}
+
+std::string Ratio(double a, double b) {
+  if (b <= 0 || a < 0) return "n/a";
+  return absl::StrFormat("%.2f×", a / b);
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// The figures of one watchers run, derived once for the tables.
+struct WatchFigures {
+  bool ran = false;
+  int64_t p50 = 0, p99 = 0, max = 0;  // microseconds
+  double kb_per_stream = -1;
+  double avg_update_bytes = 0;
+};
+
+WatchFigures Figures(const WatchRun& run) {
+  WatchFigures f;
+  f.ran = run.ran;
+  if (!run.ran) return f;
+  std::vector<int64_t> lat = run.result.latency_us;
+  f.p50 = Percentile(lat, 50);
+  f.p99 = Percentile(lat, 99);
+  f.max = lat.empty() ? 0 : lat.back();
+  if (run.result.streams > 0 && run.rss_attached > 0 && run.rss_before > 0) {
+    f.kb_per_stream = static_cast<double>(run.rss_attached - run.rss_before) /
+                      1024.0 / static_cast<double>(run.result.streams);
+  }
+  if (run.result.updates > 0) {
+    f.avg_update_bytes = static_cast<double>(run.result.update_bytes) /
+                         static_cast<double>(run.result.updates);
+  }
+  return f;
+}
+
+std::string WatchRow(int n, const char* name, const WatchRun& run,
+                     const WatchFigures& f) {
+  if (!run.ran) {
+    return absl::StrCat("| ", n, " | ", name, " | did not run: ", run.failure,
+                        " |||||||||||||\n");
+  }
+  const WatchResult& r = run.result;
+  std::string attach = r.attach_time == absl::InfiniteDuration()
+                           ? absl::StrCat("incomplete (", r.attached, ")")
+                           : Fixed(absl::ToDoubleSeconds(r.attach_time), 1);
+  return absl::StrCat("| ", n, " | ", name, " | ", r.channels, " | ", attach,
+                      " | ", Mb(run.rss_before), " | ", Mb(run.rss_attached),
+                      " | ", Fixed(f.kb_per_stream, 1), " | ", Mb(run.rss_peak),
+                      " | ", Fixed(Ms(f.p50)), " | ", Fixed(Ms(f.p99)), " | ",
+                      Fixed(Ms(f.max)), " | ", r.updates, " (min ",
+                      r.min_updates, "/stream) | ", Fixed(run.cpu_seconds),
+                      " | ", r.errors, " |\n");
+}
+
+void RenderWatchers(const Report& rep, std::string& md) {
+  if (rep.watchers.empty()) return;
+  md += "\n## 1–2. Watchers: videogen against a bare gRPC server\n\n";
+  md +=
+      "| watchers | server | conns | attach s | RSS before MB | RSS attached "
+      "MB | RSS KB/stream | peak RSS MB | fan-out p50 ms | p99 ms | max ms "
+      "| UPDATEs received | server CPU s | errors |\n"
+      "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
+      "|\n";
+  std::string notes;
+  for (const WatchPair& p : rep.watchers) {
+    WatchFigures v = Figures(p.videogen), b = Figures(p.bare);
+    md += WatchRow(p.n, "videogen", p.videogen, v);
+    md += WatchRow(p.n, "bare", p.bare, b);
+    if (v.ran && b.ran) {
+      md += absl::StrCat("| ", p.n, " | **ratio** | | | | | **",
+                         Ratio(v.kb_per_stream, b.kb_per_stream), "** | | **",
+                         Ratio(v.p50, b.p50), "** | **", Ratio(v.p99, b.p99),
+                         "** | ", Ratio(v.max, b.max), " | | ",
+                         Ratio(p.videogen.cpu_seconds, p.bare.cpu_seconds),
+                         " | |\n");
+      notes += absl::StrFormat(
+          "- %d watchers: mean UPDATE size %.0f B (videogen) vs %.0f B "
+          "(bare); sim kept jobs queued %s so watchers attach before the "
+          "first change; watchers attached after it (saw fewer UPDATEs): "
+          "%d videogen, %d bare.\n",
+          p.n, v.avg_update_bytes, b.avg_update_bytes,
+          absl::FormatDuration(p.queued_for), p.videogen.result.late,
+          p.bare.result.late);
+    }
+    for (const WatchRun* r : {&p.videogen, &p.bare}) {
+      if (r->ran && !r->result.first_error.empty()) {
+        notes += absl::StrCat("- ", p.n, " watchers, ",
+                              r == &p.videogen ? "videogen" : "bare",
+                              ": first error: ", r->result.first_error, "\n");
+      }
+    }
+  }
+  md += "\n" + notes;
+}
+
+std::string LoadRow(const std::string& name, const LoadResult& r,
+                    int concurrency, const std::string& cpu) {
+  std::vector<int64_t> lat = r.latency_us;
+  double secs = absl::ToDoubleSeconds(r.elapsed);
+  return absl::StrCat("| ", name, " | ", concurrency, " | ", r.ok, " | ",
+                      Fixed(secs > 0 ? r.ok / secs : 0, 0), " | ",
+                      Fixed(Ms(Percentile(lat, 50))), " | ",
+                      Fixed(Ms(Percentile(lat, 99))), " | ", r.errors, " | ",
+                      cpu, " |\n");
+}
+
+void RenderThroughput(const Report& rep, std::string& md) {
+  const ThroughputResult& t = rep.throughput;
+  if (!t.ran && t.failure.empty()) return;
+  md += "\n## 3. Throughput against the simulator with zero delay\n\n";
+  if (!t.ran) {
+    md += absl::StrCat("Did not run: ", t.failure, "\n");
+    return;
+  }
+  md +=
+      "| call | concurrency | calls | calls/s | p50 ms | p99 ms | errors | "
+      "server CPU s |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+  md += LoadRow("sim POST directly (libcurl, keep-alive)", t.direct,
+                t.concurrency, "–");
+  md +=
+      LoadRow("CreateGeneration", t.create, t.concurrency, Fixed(t.create_cpu));
+  md += LoadRow("Generate (stream to the terminal event)", t.generate,
+                t.concurrency, Fixed(t.generate_cpu));
+  std::vector<int64_t> d = t.direct.latency_us, c = t.create.latency_us;
+  int64_t d50 = Percentile(d, 50), d99 = Percentile(d, 99);
+  int64_t c50 = Percentile(c, 50), c99 = Percentile(c, 99);
+  md += absl::StrCat(
+      "\nAdded latency of CreateGeneration over the direct POST: p50 ",
+      Fixed(Ms(c50 - d50)), " ms, p99 ", Fixed(Ms(c99 - d99)), " ms.\n");
+  for (const auto& [name, r] :
+       {std::pair<const char*, const LoadResult*>{"direct", &t.direct},
+        {"CreateGeneration", &t.create},
+        {"Generate", &t.generate}}) {
+    if (!r->first_error.empty()) {
+      md += absl::StrCat("- ", name, " first error: ", r->first_error, "\n");
+    }
+  }
+}
+
+void RenderEfficiency(const Report& rep, std::string& md) {
+  const EfficiencyResult& e = rep.efficiency;
+  if (!e.ran && e.failure.empty()) return;
+  md += "\n## 4. Upstream efficiency: polls per generation\n\n";
+  if (!e.ran) {
+    md += absl::StrCat("Did not run: ", e.failure, "\n");
+    return;
+  }
+  md +=
+      "| watchers | upstream GETs, videogen (measured) | watcher errors | "
+      "docs polling loop per watcher, 5.5 min (N × 33) |\n"
+      "|---:|---:|---:|---:|\n";
+  for (const EfficiencyRow& r : e.rows) {
+    md += absl::StrCat("| ", r.watchers, " | ", r.polls, " | ", r.errors, " | ",
+                       r.watchers * kDocsPollsPerWatcher, " |\n");
+  }
+  md += absl::StrCat(
+      "\nMeasured with compressed timing (sim queued ",
+      absl::FormatDuration(e.queued_for), ", generating ",
+      absl::FormatDuration(e.generating_for),
+      ", --poll_interval=", absl::FormatDuration(e.poll_interval),
+      "); each generation also costs one POST. At videogen's defaults "
+      "(--poll_initial_delay=2s, --poll_interval=5s) a real ~5.5 min "
+      "generation takes about 66 GETs however many clients watch it; the "
+      "docs' loop takes 33 per watcher, so videogen sends fewer from 2 "
+      "watchers on.\n");
+}
+
+std::string TargetsTable(const Report& rep) {
+  std::string md =
+      "\n## Targets\n\n| target | measured | result |\n|---|---|---|\n";
+  auto verdict = [](bool ran, bool met) {
+    return !ran ? "not measured" : met ? "met" : "**missed**";
+  };
+  const WatchPair* p10k = nullptr;
+  const WatchPair* p50k = nullptr;
+  for (const WatchPair& p : rep.watchers) {
+    if (p.n == 10000) p10k = &p;
+    if (p.n == 50000) p50k = &p;
+  }
+  if (p10k != nullptr && p10k->videogen.ran) {
+    int64_t peak = p10k->videogen.rss_peak;
+    md += absl::StrCat("| 10k watchers: server RSS < 300 MB | peak ", Mb(peak),
+                       " MB (", Mb(p10k->videogen.rss_attached),
+                       " MB right after attach) | ",
+                       verdict(true, peak > 0 && peak < 300LL << 20), " |\n");
+  } else {
+    md += "| 10k watchers: server RSS < 300 MB | – | not measured |\n";
+  }
+  if (p10k != nullptr && p10k->videogen.ran && p10k->bare.ran) {
+    WatchFigures v = Figures(p10k->videogen), b = Figures(p10k->bare);
+    md += absl::StrCat("| 10k watchers: fan-out p99 ≤ 1.5× bare | ",
+                       Fixed(Ms(v.p99)), " ms vs ", Fixed(Ms(b.p99)),
+                       " ms = ", Ratio(v.p99, b.p99), " | ",
+                       verdict(true, v.p99 <= 1.5 * b.p99), " |\n");
+  } else {
+    md += "| 10k watchers: fan-out p99 ≤ 1.5× bare | – | not measured |\n";
+  }
+  const EfficiencyResult& e = rep.efficiency;
+  if (e.ran && !e.rows.empty()) {
+    int64_t lo = INT64_MAX, hi = 0;
+    for (const auto& r : e.rows) {
+      lo = std::min(lo, r.polls);
+      hi = std::max(hi, r.polls);
+    }
+    // Pollers start at slightly different times: allow one poll of jitter.
+    md += absl::StrCat("| upstream polls independent of watchers | ", lo, "–",
+                       hi, " GETs per generation for ", e.rows.front().watchers,
+                       "–", e.rows.back().watchers, " watchers | ",
+                       verdict(true, lo > 0 && hi - lo <= 1), " |\n");
+  } else {
+    md += "| upstream polls independent of watchers | – | not measured |\n";
+  }
+  if (p50k != nullptr && p50k->videogen.ran) {
+    const WatchResult& r = p50k->videogen.result;
+    md += absl::StrCat(
+        "| 50k watchers held without errors | ", r.attached, "/", r.streams,
+        " attached, ", r.finished_ok, " ended OK, ", r.errors, " errors | ",
+        verdict(true, r.errors == 0 && r.attached == r.streams), " |\n");
+  } else {
+    md += "| 50k watchers held without errors | – | not measured |\n";
+  }
+  return md;
+}
+
+}  // namespace
+
+bool Report::AnyFailure() const {
+  for (const WatchPair& p : watchers) {
+    for (const WatchRun* r : {&p.videogen, &p.bare}) {
+      if (!r->ran || r->result.errors > 0 ||
+          r->result.attached < r->result.streams || r->result.updates == 0) {
+        return true;
+      }
+    }
+  }
+  if (!throughput.failure.empty() || !efficiency.failure.empty()) return true;
+  if (throughput.ran &&
+      (throughput.create.errors > 0 || throughput.generate.errors > 0 ||
+       throughput.direct.errors > 0)) {
+    return true;
+  }
+  for (const auto& r : efficiency.rows) {
+    if (r.errors > 0 || r.polls <= 0) return true;
+  }
+  return false;
+}
+
+Machine DescribeMachine() {
+  Machine m;
+  m.cores = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  std::istringstream cpuinfo(ReadFile("/proc/cpuinfo"));
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.rfind("model name", 0) == 0) {
+      m.cpu_model = std::string(
+          absl::StripAsciiWhitespace(line.substr(line.find(':') + 1)));
+      break;
+    }
+  }
+  std::istringstream meminfo(ReadFile("/proc/meminfo"));
+  for (std::string line; std::getline(meminfo, line);) {
+    long long kb = 0;
+    if (std::sscanf(line.c_str(), "MemTotal: %lld kB", &kb) == 1) {
+      m.ram_bytes = kb * 1024;
+    }
+  }
+  utsname u{};
+  if (uname(&u) == 0) m.kernel = absl::StrCat(u.sysname, " ", u.release);
+  std::string load = ReadFile("/proc/loadavg");
+  // The 1, 5 and 15 minute averages: the first three fields.
+  size_t end = 0;
+  for (int i = 0; i < 3 && end != std::string::npos; ++i) {
+    end = load.find(' ', end + (i > 0 ? 1 : 0));
+  }
+  m.load_average = load.substr(0, end);
+  return m;
+}
+
+std::string RenderMarkdown(const Report& rep) {
+  const Machine& m = rep.machine;
+  std::string md = "# videogen benchmark results\n\n";
+  md += absl::StrFormat(
+      "- Machine: %d cores, %s, %.1f GiB RAM, %s; load average at start: "
+      "%s (shared box: other work may run)\n",
+      m.cores, m.cpu_model, static_cast<double>(m.ram_bytes) / (1 << 30),
+      m.kernel, std::string(absl::StripAsciiWhitespace(m.load_average)));
+  md += absl::StrCat(
+      "- Date: ",
+      absl::FormatTime("%Y-%m-%d %H:%M UTC", rep.start, absl::UTCTimeZone()),
+      ", suite took ", Fixed(absl::ToDoubleSeconds(rep.end - rep.start), 0),
+      " s; gRPC ", grpc::Version(), "; RLIMIT_NOFILE ", rep.fd_limit,
+      " (children inherit it)\n");
+  md += absl::StrCat("- Command: `", rep.command, "`\n");
+  md +=
+      "- Server and clients share the same cores; latency is measured "
+      "from the server's `observe_time` to the client's receive time on "
+      "the same clock. Ratios are videogen / bare, measured in the same "
+      "run.\n";
+  md += TargetsTable(rep);
+  RenderWatchers(rep, md);
+  RenderThroughput(rep, md);
+  RenderEfficiency(rep, md);
+  return md;
+}
+
+}  // namespace videogen::bench

@@ -1,0 +1,284 @@
+#include "tests/bench/videogen/scenarios.h"
+
+#include <curl/curl.h>
+
+#include <map>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "nlohmann/json.hpp"
+#include "tests/bench/videogen/bare_server.h"
+#include "tests/bench/videogen/proc.h"
+
+namespace videogen::bench {
+namespace {
+
+// The simulator's key. Not a secret; still never printed.
+constexpr char kSimKey[] = "bench-sim-key";
+
+std::string Dur(absl::Duration d) { return absl::FormatDuration(d); }
+
+std::string LogPath(const Paths& p, const std::string& name) {
+  return absl::StrCat(p.log_dir, "/", name, ".log");
+}
+
+// Starts videogen-sim; returns its base URL.
+absl::StatusOr<std::string> StartSim(const Paths& p, Child& sim,
+                                     const std::string& name,
+                                     absl::Duration queued,
+                                     absl::Duration generating) {
+  absl::Status s = sim.Start(
+      {p.sim_bin, "--listen=127.0.0.1:0", absl::StrCat("--key=", kSimKey),
+       absl::StrCat("--queued_for=", Dur(queued)),
+       absl::StrCat("--generating_for=", Dur(generating))},
+      {}, LogPath(p, name + "-sim"));
+  if (!s.ok()) return s;
+  absl::StatusOr<std::string> line =
+      sim.WaitForLine("listening on", absl::Seconds(15));
+  if (!line.ok()) return line.status();
+  return line->substr(line->find("http://"));
+}
+
+// Starts videogen-server against `sim_url`; returns its host:port.
+absl::StatusOr<std::string> StartServer(const Paths& p, Child& server,
+                                        const std::string& name,
+                                        const std::string& sim_url,
+                                        absl::Duration initial_delay,
+                                        absl::Duration interval,
+                                        std::vector<std::string> extra = {}) {
+  std::vector<std::string> args = {
+      p.server_bin,
+      "--listen=127.0.0.1:0",
+      absl::StrCat("--upstream_url=", sim_url),
+      "--store=memory",
+      absl::StrCat("--poll_initial_delay=", Dur(initial_delay)),
+      absl::StrCat("--poll_interval=", Dur(interval)),
+      "--heartbeat_interval=15s",
+      "--log_format=json"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  absl::Status s =
+      server.Start(args, {{"AIMLAPI_KEY", kSimKey}}, LogPath(p, name));
+  if (!s.ok()) return s;
+  absl::StatusOr<std::string> line =
+      server.WaitForLine("\"server_listening\"", absl::Seconds(20));
+  if (!line.ok()) return line.status();
+  size_t key = line->find("\"address\"");
+  size_t open = key == std::string::npos ? key : line->find('"', key + 9);
+  size_t close = open == std::string::npos ? open : line->find('"', open + 1);
+  if (close == std::string::npos) {
+    return absl::InternalError(absl::StrCat("no address in: ", *line));
+  }
+  return line->substr(open + 1, close - open - 1);
+}
+
+absl::StatusOr<std::vector<std::string>> CreateGenerations(
+    const std::string& address, int k) {
+  auto stub = v1::VideoGeneration::NewStub(NewChannel(address, -1));
+  std::vector<std::string> ids;
+  for (int i = 0; i < k; ++i) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(30));
+    v1::GenerateRequest req;
+    req.set_request_id(absl::StrCat("bench-watch-", getpid(), "-", i));
+    req.set_prompt(kPrompt);
+    req.set_duration_seconds(5);
+    v1::Generation g;
+    grpc::Status s = stub->CreateGeneration(&ctx, req, &g);
+    if (!s.ok()) {
+      return absl::InternalError(
+          absl::StrCat("CreateGeneration: ", s.error_message()));
+    }
+    ids.push_back(g.id());
+  }
+  return ids;
+}
+
+size_t Append(char* data, size_t size, size_t n, void* out) {
+  static_cast<std::string*>(out)->append(data, size * n);
+  return size * n;
+}
+
+absl::StatusOr<nlohmann::json> GetJson(const std::string& url) {
+  std::string body;
+  CURL* curl = curl_easy_init();
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, Append);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 10000L);
+  CURLcode rc = curl_easy_perform(curl);
+  curl_easy_cleanup(curl);
+  if (rc != CURLE_OK) {
+    return absl::UnavailableError(
+        absl::StrCat("GET ", url, ": ", curl_easy_strerror(rc)));
+  }
+  nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
+  if (j.is_discarded()) return absl::InternalError("stats: not JSON");
+  return j;
+}
+
+template <typename T>
+T Failed(T run, const absl::Status& s) {
+  run.failure = std::string(s.message());
+  std::fprintf(stderr, "[bench]   failed: %s\n", run.failure.c_str());
+  return run;
+}
+
+}  // namespace
+
+int WatchRun::TypicalUpdates() const {
+  if (!ran || result.attached == 0) return 2;
+  int64_t u = (result.updates + result.attached / 2) / result.attached;
+  return static_cast<int>(std::max<int64_t>(1, u));
+}
+
+WatchRun RunVideogenWatchers(const Paths& p, const WatchOptions& o, int n) {
+  WatchRun run;
+  Child sim, server;
+  const std::string name = absl::StrCat("watchers-", n, "-videogen");
+  auto sim_url = StartSim(p, sim, name, o.queued_for, o.generating_for);
+  if (!sim_url.ok()) return Failed(run, sim_url.status());
+  auto address =
+      StartServer(p, server, name, *sim_url, o.poll_interval, o.poll_interval);
+  if (!address.ok()) return Failed(run, address.status());
+  auto ids = CreateGenerations(*address, o.generations);
+  if (!ids.ok()) return Failed(run, ids.status());
+  absl::SleepFor(absl::Milliseconds(300));
+  run.rss_before = RssBytes(server.pid());
+  const double cpu0 = CpuSeconds(server.pid());
+  {
+    WatcherPool pool(*address, o.streams_per_channel);
+    pool.Start(*ids, n);
+    pool.WaitAttached(o.queued_for + absl::Seconds(120));
+    run.rss_attached = RssBytes(server.pid());
+    pool.WaitDone(o.queued_for + o.generating_for + absl::Seconds(60));
+    run.result = pool.Collect();
+  }
+  run.cpu_seconds = CpuSeconds(server.pid()) - cpu0;
+  run.rss_peak = PeakRssBytes(server.pid());
+  run.ran = true;
+  return run;
+}
+
+WatchRun RunBareWatchers(const Paths& p, const WatchOptions& o, int n,
+                         int updates) {
+  WatchRun run;
+  Child bare;
+  absl::Status s =
+      bare.Start({p.self_bin, "--bare_server", "--port=0"}, {},
+                 LogPath(p, absl::StrCat("watchers-", n, "-bare")));
+  if (!s.ok()) return Failed(run, s);
+  auto line = bare.WaitForLine("bare_server listening on", absl::Seconds(15));
+  if (!line.ok()) return Failed(run, line.status());
+  const std::string address = line->substr(line->rfind(' ') + 1);
+  auto control = v1::VideoGeneration::NewStub(NewChannel(address, -1));
+  absl::SleepFor(absl::Milliseconds(300));
+  run.rss_before = RssBytes(bare.pid());
+  const double cpu0 = CpuSeconds(bare.pid());
+  {
+    WatcherPool pool(address, o.streams_per_channel);
+    pool.Start({"bare"}, n);
+    pool.WaitAttached(absl::Seconds(120));
+    run.rss_attached = RssBytes(bare.pid());
+    for (int i = 0; i < updates; ++i) {
+      absl::SleepFor(i == 0 ? absl::Seconds(1) : o.generating_for);
+      grpc::ClientContext ctx;
+      v1::GetGenerationRequest req;
+      req.set_id(i + 1 == updates ? "broadcast-final" : "broadcast");
+      v1::Generation g;
+      grpc::Status st = control->GetGeneration(&ctx, req, &g);
+      if (!st.ok()) {
+        std::fprintf(stderr, "[bench]   broadcast failed: %s\n",
+                     st.error_message().c_str());
+      }
+    }
+    pool.WaitDone(absl::Seconds(60));
+    run.result = pool.Collect();
+  }
+  run.cpu_seconds = CpuSeconds(bare.pid()) - cpu0;
+  run.rss_peak = PeakRssBytes(bare.pid());
+  run.ran = true;
+  return run;
+}
+
+ThroughputResult RunThroughput(const Paths& p, int concurrency,
+                               absl::Duration duration) {
+  ThroughputResult r;
+  r.concurrency = concurrency;
+  Child sim, server;
+  auto sim_url = StartSim(p, sim, "throughput", absl::ZeroDuration(),
+                          absl::ZeroDuration());
+  if (!sim_url.ok()) return Failed(r, sim_url.status());
+  // The upstream rate limiter (default 20/s) is off: this run measures the
+  // server's own cost per call, not the configured protection.
+  auto address =
+      StartServer(p, server, "throughput", *sim_url, absl::Milliseconds(10),
+                  absl::Milliseconds(10), {"--upstream_rate_limit=0"});
+  if (!address.ok()) return Failed(r, address.status());
+  auto channel = NewChannel(*address, 1);
+  // Warm-up: connections, allocator, sim threads.
+  RunDirectHttpLoad(*sim_url, kSimKey, concurrency, absl::Milliseconds(300));
+  RunCreateLoad(channel, concurrency, absl::Milliseconds(300));
+  r.direct = RunDirectHttpLoad(*sim_url, kSimKey, concurrency, duration);
+  double cpu = CpuSeconds(server.pid());
+  r.create = RunCreateLoad(channel, concurrency, duration);
+  r.create_cpu = CpuSeconds(server.pid()) - cpu;
+  cpu = CpuSeconds(server.pid());
+  r.generate = RunGenerateLoad(channel, concurrency, duration);
+  r.generate_cpu = CpuSeconds(server.pid()) - cpu;
+  r.ran = true;
+  return r;
+}
+
+EfficiencyResult RunEfficiency(const Paths& p, const WatchOptions& o,
+                               const std::vector<int>& watcher_counts) {
+  EfficiencyResult r;
+  r.queued_for = absl::Seconds(2);
+  r.generating_for = o.generating_for;
+  r.poll_interval = o.poll_interval;
+  Child sim, server;
+  auto sim_url = StartSim(p, sim, "upstream", r.queued_for, r.generating_for);
+  if (!sim_url.ok()) return Failed(r, sim_url.status());
+  auto address = StartServer(p, server, "upstream", *sim_url, o.poll_interval,
+                             o.poll_interval);
+  if (!address.ok()) return Failed(r, address.status());
+  // A generation nobody watches comes first: the floor to compare with.
+  std::vector<int> counts = {0};
+  counts.insert(counts.end(), watcher_counts.begin(), watcher_counts.end());
+  auto ids = CreateGenerations(*address, static_cast<int>(counts.size()));
+  if (!ids.ok()) return Failed(r, ids.status());
+  std::vector<std::unique_ptr<WatcherPool>> pools;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    pools.push_back(
+        std::make_unique<WatcherPool>(*address, o.streams_per_channel));
+    if (counts[i] > 0) pools.back()->Start({(*ids)[i]}, counts[i]);
+  }
+  for (size_t i = 0; i < counts.size(); ++i) {
+    pools[i]->WaitDone(r.queued_for + r.generating_for + absl::Seconds(60));
+  }
+  // The unwatched one ends too; give its poller the same time.
+  absl::SleepFor(o.poll_interval * 2);
+  auto stub = v1::VideoGeneration::NewStub(NewChannel(*address, -1));
+  auto stats = GetJson(*sim_url + "/sim/stats");
+  if (!stats.ok()) return Failed(r, stats.status());
+  for (size_t i = 0; i < counts.size(); ++i) {
+    EfficiencyRow row;
+    row.watchers = counts[i];
+    row.errors = pools[i]->Collect().errors;
+    grpc::ClientContext ctx;
+    v1::GetGenerationRequest req;
+    req.set_id((*ids)[i]);
+    v1::Generation g;
+    if (stub->GetGeneration(&ctx, req, &g).ok()) {
+      row.polls = (*stats)["polls_by_id"].value(g.upstream_id(), int64_t{0});
+    }
+    r.rows.push_back(row);
+  }
+  r.ran = true;
+  return r;
+}
+
+}  // namespace videogen::bench

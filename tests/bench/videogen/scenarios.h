@@ -1,0 +1,83 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "tests/bench/videogen/throughput.h"
+#include "tests/bench/videogen/watchers.h"
+
+namespace videogen::bench {
+
+// Where the binaries are and where child logs go.
+struct Paths {
+  std::string server_bin;
+  std::string sim_bin;
+  std::string self_bin;
+  std::string log_dir;
+};
+
+struct WatchOptions {
+  int generations = 10;
+  int streams_per_channel = 500;
+  absl::Duration queued_for;
+  absl::Duration generating_for;
+  absl::Duration poll_interval;
+};
+
+// One server's side of the watchers scenario.
+struct WatchRun {
+  bool ran = false;
+  std::string failure;  // why it did not run, when !ran
+  WatchResult result;
+  int64_t rss_before = -1;    // bytes, before any watcher
+  int64_t rss_attached = -1;  // bytes, right after the last attach
+  int64_t rss_peak = -1;      // VmHWM at the end
+  double cpu_seconds = 0;     // from before the first attach to the end
+  // UPDATEs per watcher that most watchers saw (2 when unknown).
+  int TypicalUpdates() const;
+};
+
+struct WatchPair {
+  int n = 0;
+  absl::Duration queued_for;
+  WatchRun videogen;
+  WatchRun bare;
+};
+
+struct ThroughputResult {
+  bool ran = false;
+  std::string failure;
+  int concurrency = 0;
+  LoadResult direct;
+  LoadResult create;
+  LoadResult generate;
+  double create_cpu = 0;  // server CPU seconds during the create run
+  double generate_cpu = 0;
+};
+
+struct EfficiencyRow {
+  int watchers = 0;
+  int64_t polls = -1;  // upstream GETs for the generation (sim's count)
+  int64_t errors = 0;  // watcher streams that failed
+};
+
+struct EfficiencyResult {
+  bool ran = false;
+  std::string failure;
+  absl::Duration queued_for;
+  absl::Duration generating_for;
+  absl::Duration poll_interval;
+  std::vector<EfficiencyRow> rows;
+};
+
+WatchRun RunVideogenWatchers(const Paths& paths, const WatchOptions& o, int n);
+WatchRun RunBareWatchers(const Paths& paths, const WatchOptions& o, int n,
+                         int updates);
+ThroughputResult RunThroughput(const Paths& paths, int concurrency,
+                               absl::Duration duration);
+EfficiencyResult RunEfficiency(const Paths& paths, const WatchOptions& o,
+                               const std::vector<int>& watcher_counts);
+
+}  // namespace videogen::bench
