@@ -157,6 +157,7 @@ class AimlApiUpstream::Loop {
   void MoveDueTimers(absl::Time now);
   void Admit(absl::Time now);
   bool TakeToken(absl::Time now);
+  CURL* NewEasy();
   void StartAttempt(std::unique_ptr<Call> call, absl::Time now);
   void ReadDone();
   void HandleResult(std::unique_ptr<Call> call, CURLcode result, long http,
@@ -179,6 +180,7 @@ class AimlApiUpstream::Loop {
   mutable absl::Mutex mu_;
   std::deque<std::unique_ptr<Call>> incoming_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread::id loop_thread_id_ ABSL_GUARDED_BY(mu_);
   UpstreamCounters counters_ ABSL_GUARDED_BY(mu_);
 
   // Loop thread only.
@@ -230,8 +232,12 @@ void AimlApiUpstream::Loop::Enqueue(std::unique_ptr<Call> call) {
       ++counters_.calls_started;
       ++counters_.queued;
       incoming_.push_back(std::move(call));
-      // Under the lock so that the multi handle is still alive.
-      curl_multi_wakeup(multi_);
+      // The loop looks at the queue again after running callbacks, so a
+      // call made from a callback needs no wakeup. Otherwise wake it, under
+      // the lock so that the multi handle is still alive.
+      if (std::this_thread::get_id() != loop_thread_id_) {
+        curl_multi_wakeup(multi_);
+      }
       return;
     }
   }
@@ -245,6 +251,10 @@ UpstreamCounters AimlApiUpstream::Loop::counters() const {
 }
 
 void AimlApiUpstream::Loop::Run() {
+  {
+    absl::MutexLock lock(&mu_);
+    loop_thread_id_ = std::this_thread::get_id();
+  }
   while (TakeIncoming()) {
     absl::Time now = absl::Now();
     MoveDueTimers(now);
@@ -252,7 +262,9 @@ void AimlApiUpstream::Loop::Run() {
     int still_running = 0;
     curl_multi_perform(multi_, &still_running);
     ReadDone();
-    // Slots freed by finished transfers are refilled before waiting.
+    // Calls made by callbacks, and slots freed by finished transfers, are
+    // taken before waiting.
+    if (!TakeIncoming()) break;
     now = absl::Now();
     Admit(now);
     curl_multi_poll(multi_, nullptr, 0, WaitMs(now), nullptr);
@@ -296,15 +308,36 @@ bool AimlApiUpstream::Loop::TakeToken(absl::Time now) {
   return true;
 }
 
+CURL* AimlApiUpstream::Loop::NewEasy() {
+  CURL* easy = curl_easy_init();
+  if (easy == nullptr) return nullptr;
+  curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(
+      easy, CURLOPT_CONNECTTIMEOUT_MS,
+      static_cast<long>(absl::ToInt64Milliseconds(options_.connect_timeout)));
+  curl_easy_setopt(
+      easy, CURLOPT_TIMEOUT_MS,
+      static_cast<long>(absl::ToInt64Milliseconds(options_.request_timeout)));
+  curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &WriteBody);
+  curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2TLS);
+  if (absl::StartsWith(options_.base_url, "https:")) {
+    // Wait for a connection that may multiplex rather than open another.
+    curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);
+  }
+  curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(easy, CURLOPT_USERAGENT, "videogen/0.1");
+  return easy;
+}
+
 void AimlApiUpstream::Loop::StartAttempt(std::unique_ptr<Call> call,
                                          absl::Time now) {
   CURL* easy = nullptr;
   if (!idle_easies_.empty()) {
     easy = idle_easies_.back();
     idle_easies_.pop_back();
-    curl_easy_reset(easy);
   } else {
-    easy = curl_easy_init();
+    easy = NewEasy();
   }
   if (easy == nullptr) {
     Finish(std::move(call),
@@ -318,26 +351,11 @@ void AimlApiUpstream::Loop::StartAttempt(std::unique_ptr<Call> call,
   call->errbuf[0] = '\0';
   call->max_response = options_.max_response_bytes;
 
+  // Handles are reused without curl_easy_reset: only these options vary.
   curl_easy_setopt(easy, CURLOPT_URL, call->url.c_str());
-  curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(easy, CURLOPT_HTTPHEADER, call->headers);
-  curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(
-      easy, CURLOPT_CONNECTTIMEOUT_MS,
-      static_cast<long>(absl::ToInt64Milliseconds(options_.connect_timeout)));
-  curl_easy_setopt(
-      easy, CURLOPT_TIMEOUT_MS,
-      static_cast<long>(absl::ToInt64Milliseconds(options_.request_timeout)));
-  curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &WriteBody);
   curl_easy_setopt(easy, CURLOPT_WRITEDATA, call.get());
   curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, call->errbuf);
-  curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2TLS);
-  if (absl::StartsWith(call->url, "https:")) {
-    // Wait for a connection that may multiplex rather than open another.
-    curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);
-  }
-  curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
-  curl_easy_setopt(easy, CURLOPT_USERAGENT, "videogen/0.1");
   if (call->kind == CallKind::kSubmit) {
     curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE,
                      static_cast<long>(call->body.size()));
