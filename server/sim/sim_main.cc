@@ -31,6 +31,8 @@ ABSL_FLAG(std::vector<std::string>, fault, {},
           "ENDPOINT:KIND[:rate=R][:every=N], repeatable or comma-separated; "
           "ENDPOINT create|poll|download, KIND 429|429nr|500|502|503|504|"
           "slow|reset|malformed|odd");
+ABSL_FLAG(absl::Duration, keep_alive_timeout, absl::Seconds(5),
+          "idle keep-alive connections are closed after this");
 ABSL_FLAG(uint64_t, seed, 1, "seed of job outcomes and fault draws");
 
 namespace {
@@ -95,6 +97,7 @@ int main(int argc, char** argv) {
   o.slow_delay = absl::GetFlag(FLAGS_slow_delay);
   o.retry_after_seconds = absl::GetFlag(FLAGS_retry_after);
   o.seed = absl::GetFlag(FLAGS_seed);
+  o.keep_alive_timeout = absl::GetFlag(FLAGS_keep_alive_timeout);
   for (const std::string& spec : absl::GetFlag(FLAGS_fault)) {
     absl::StatusOr<videogen::sim::FaultRule> rule =
         videogen::sim::ParseFaultRule(spec);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <utility>
@@ -286,6 +287,7 @@ class SimServer::Impl {
  public:
   explicit Impl(SimOptions options)
       : options_(std::move(options)),
+        id_rng_(std::random_device{}() ^ absl::ToUnixNanos(absl::Now())),
         job_rng_(options_.seed),
         fault_rng_(options_.seed ^ 0x5eedfa17ULL),
         faults_(options_.faults) {}
@@ -357,6 +359,9 @@ class SimServer::Impl {
   bool started_ = false;  // owned by the thread calling Start/Stop
 
   mutable absl::Mutex mu_;
+  // Ids are unique across runs (a restarted gateway must never see an old
+  // id again); outcomes and faults replay from the seed.
+  Rng id_rng_ ABSL_GUARDED_BY(mu_);
   Rng job_rng_ ABSL_GUARDED_BY(mu_);
   Rng fault_rng_ ABSL_GUARDED_BY(mu_);
   std::vector<FaultRule> faults_ ABSL_GUARDED_BY(mu_);
@@ -522,7 +527,7 @@ void SimServer::Impl::SendError(httplib::Response& res, int status,
   std::string request_id;
   {
     absl::MutexLock lock(&mu_);
-    request_id = Uuid4(fault_rng_);
+    request_id = Uuid4(id_rng_);
   }
   json body = {
       {"message", msg},
@@ -568,7 +573,7 @@ void SimServer::Impl::HandleCreate(const httplib::Request& req,
   Job job;
   {
     absl::MutexLock lock(&mu_);
-    job.uuid = Uuid4(job_rng_);
+    job.uuid = Uuid4(id_rng_);
     job.fails = job_rng_.Unit() < options_.error_rate;
     job.id = legacy ? absl::StrCat(job.uuid, kLegacySuffix) : job.uuid;
     job.created = absl::Now();

@@ -50,6 +50,7 @@ struct SimOptions {
   absl::Duration slow_delay = absl::Seconds(3);
   int retry_after_seconds = 1;  // value sent with FaultKind::k429
   std::vector<FaultRule> faults;
+  // Seeds which jobs fail and the fault draws. Ids are random per run.
   uint64_t seed = 1;
   // Added by the sim: generating_for is per 5 s of clip (10 s clips take
   // twice as long), as upstream. Set by --realistic.
@@ -81,7 +82,17 @@ struct SimStats {
   std::map<std::string, std::string> traceparent_by_id;
 };
 
-// A simulated AI/ML API speaking real HTTP/1.1 (cpp-httplib). Thread-safe:
+// A simulated AI/ML API speaking real HTTP/1.1 (cpp-httplib). Quirks, as
+// upstream or worse:
+// - create answers 201 on the legacy path and 200 on the new one;
+// - error bodies are {message,path,requestId,statusCode,timestamp}, with
+//   statusCode a string for 401/429/503 and a number otherwise; 502 and 504
+//   come as HTML pages, as from a gateway;
+// - a job is visible on both paths; the poll path picks the completed shape;
+// - the reset and malformed faults on create still make the job (the answer
+//   is lost, not the work); HTTP-error faults do not;
+// - the video URL is http://<Host header>/files/<uuid>.mp4, with Range.
+// Thread-safe:
 // the server runs its own threads; every public method may be called from
 // any thread.
 class SimServer {
