@@ -3,6 +3,7 @@
 #include <curl/curl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <csignal>
 #include <cstring>
 #include <deque>
@@ -181,7 +182,15 @@ class AimlApiUpstream::Loop {
   std::deque<std::unique_ptr<Call>> incoming_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread::id loop_thread_id_ ABSL_GUARDED_BY(mu_);
-  UpstreamCounters counters_ ABSL_GUARDED_BY(mu_);
+  // Bumped on the hot path, so atomics rather than mu_.
+  struct {
+    std::atomic<int64_t> attempts[2][6] = {};  // [submit|poll][0=transport]
+    std::atomic<int64_t> retries{0};
+    std::atomic<int64_t> calls_started{0};
+    std::atomic<int64_t> calls_finished{0};
+    std::atomic<int64_t> queued{0};
+    std::atomic<int64_t> in_flight{0};
+  } counters_;
 
   // Loop thread only.
   std::deque<std::unique_ptr<Call>> ready_;
@@ -246,8 +255,22 @@ void AimlApiUpstream::Loop::Enqueue(std::unique_ptr<Call> call) {
 }
 
 UpstreamCounters AimlApiUpstream::Loop::counters() const {
-  absl::MutexLock lock(&mu_);
-  return counters_;
+  UpstreamCounters out;
+  for (int kind = 0; kind < 2; ++kind) {
+    for (int cls = 0; cls < 6; ++cls) {
+      const int64_t n = counters_.attempts[kind][cls];
+      if (n == 0) continue;
+      out.attempts[absl::StrCat(
+          KindName(kind == 0 ? CallKind::kSubmit : CallKind::kPoll), " ",
+          StatusClass(cls * 100))] = n;
+    }
+  }
+  out.retries = counters_.retries;
+  out.calls_started = counters_.calls_started;
+  out.calls_finished = counters_.calls_finished;
+  out.queued = counters_.queued;
+  out.in_flight = counters_.in_flight;
+  return out;
 }
 
 void AimlApiUpstream::Loop::Run() {
@@ -292,6 +315,7 @@ void AimlApiUpstream::Loop::Admit(absl::Time now) {
   while (!ready_.empty() && running_.size() < cap && TakeToken(now)) {
     std::unique_ptr<Call> call = std::move(ready_.front());
     ready_.pop_front();
+    --counters_.queued;
     StartAttempt(std::move(call), now);
   }
 }
@@ -371,8 +395,6 @@ void AimlApiUpstream::Loop::StartAttempt(std::unique_ptr<Call> call,
     return;
   }
   running_[easy] = std::move(call);
-  absl::MutexLock lock(&mu_);
-  --counters_.queued;
   ++counters_.in_flight;
 }
 
@@ -394,10 +416,7 @@ void AimlApiUpstream::Loop::ReadDone() {
     long request_size = 0;
     curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &request_size);
     idle_easies_.push_back(easy);
-    {
-      absl::MutexLock lock(&mu_);
-      --counters_.in_flight;
-    }
+    --counters_.in_flight;
     HandleResult(std::move(call), result, result == CURLE_OK ? http : 0,
                  absl::Seconds(std::max<curl_off_t>(0, retry_after)),
                  request_size > 0);
@@ -412,11 +431,8 @@ void AimlApiUpstream::Loop::Record(const Call& call, long http,
   if (result != CURLE_OK) record.transport_error = curl_easy_strerror(result);
   record.attempt = call.attempt;
   record.latency = absl::Now() - call.attempt_start;
-  {
-    absl::MutexLock lock(&mu_);
-    ++counters_
-          .attempts[absl::StrCat(KindName(call.kind), " ", StatusClass(http))];
-  }
+  ++counters_.attempts[call.kind == CallKind::kSubmit ? 0 : 1]
+                      [std::clamp<long>(http / 100, 0, 5)];
   if (options_.on_attempt) options_.on_attempt(record);
 }
 
@@ -513,11 +529,8 @@ void AimlApiUpstream::Loop::Retry(std::unique_ptr<Call> call,
     return;
   }
   const absl::Duration delay = std::max(Backoff(call->attempt), server_delay);
-  {
-    absl::MutexLock lock(&mu_);
-    ++counters_.retries;
-    ++counters_.queued;
-  }
+  ++counters_.retries;
+  ++counters_.queued;
   timers_.emplace(absl::Now() + delay, std::move(call));
 }
 
@@ -553,10 +566,7 @@ void AimlApiUpstream::Loop::Deliver(std::unique_ptr<Call> call) {
     }
     SubmitCallback done = std::move(call->submit_done);
     call.reset();
-    {
-      absl::MutexLock lock(&mu_);
-      ++counters_.calls_finished;
-    }
+    ++counters_.calls_finished;
     done(*std::move(result));
     return;
   }
@@ -570,20 +580,14 @@ void AimlApiUpstream::Loop::Deliver(std::unique_ptr<Call> call) {
   if (snap->upstream_id.empty()) snap->upstream_id = call->upstream_id;
   PollCallback done = std::move(call->poll_done);
   call.reset();
-  {
-    absl::MutexLock lock(&mu_);
-    ++counters_.calls_finished;
-  }
+  ++counters_.calls_finished;
   done(*std::move(snap));
 }
 
 void AimlApiUpstream::Loop::Finish(std::unique_ptr<Call> call,
                                    absl::Status error) {
   error = RedactStatus(error, options_.api_key);
-  {
-    absl::MutexLock lock(&mu_);
-    ++counters_.calls_finished;
-  }
+  ++counters_.calls_finished;
   if (call->kind == CallKind::kSubmit) {
     SubmitCallback done = std::move(call->submit_done);
     call.reset();
@@ -596,10 +600,11 @@ void AimlApiUpstream::Loop::Finish(std::unique_ptr<Call> call,
 }
 
 void AimlApiUpstream::Loop::Shutdown() {
-  const auto cancelled = [](const Call& call) {
+  // Only a create cut off in flight may have reached the upstream.
+  const auto cancelled = [](const Call& call, bool in_flight) {
     return absl::CancelledError(absl::StrCat(
         "the upstream client is shutting down",
-        call.kind == CallKind::kSubmit && call.attempt > 0
+        call.kind == CallKind::kSubmit && in_flight
             ? "; the create request may have reached the upstream, so the "
               "job may or may not exist there"
             : ""));
@@ -607,7 +612,7 @@ void AimlApiUpstream::Loop::Shutdown() {
   for (auto& [easy, call] : running_) {
     curl_multi_remove_handle(multi_, easy);
     curl_easy_cleanup(easy);
-    const absl::Status status = cancelled(*call);
+    const absl::Status status = cancelled(*call, true);
     Finish(std::move(call), status);
   }
   running_.clear();
@@ -617,11 +622,11 @@ void AimlApiUpstream::Loop::Shutdown() {
     absl::MutexLock lock(&mu_);
     for (auto& call : incoming_) ready_.push_back(std::move(call));
     incoming_.clear();
-    counters_.in_flight = 0;
-    counters_.queued = 0;
   }
+  counters_.in_flight = 0;
+  counters_.queued = 0;
   for (auto& call : ready_) {
-    const absl::Status status = cancelled(*call);
+    const absl::Status status = cancelled(*call, false);
     Finish(std::move(call), status);
   }
   ready_.clear();
@@ -652,7 +657,6 @@ curl_slist* BuildHeaders(const std::string& api_key, bool json_body,
   if (!api_key.empty()) {
     h = curl_slist_append(h, ("Authorization: Bearer " + api_key).c_str());
   }
-  h = curl_slist_append(h, "Accept: application/json");
   if (json_body) {
     h = curl_slist_append(h, "Content-Type: application/json");
     // No "Expect: 100-continue" round trip for bodies over 1 KiB.

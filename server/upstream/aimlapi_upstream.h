@@ -72,6 +72,10 @@ struct UpstreamCounters {
 // call on a queue under a mutex and wake the loop. Callbacks run on the loop
 // thread, exactly once each; at destruction, unfinished calls get CANCELLED.
 // Calls made after destruction began get CANCELLED at once, on the caller.
+// Do not destroy it from one of its own callbacks.
+// Connections: HTTP/2 multiplexing when the upstream offers it (https), else
+// HTTP/1.1 keep-alive; transfers beyond max_connections wait inside curl and
+// their request_timeout runs while they wait.
 class AimlApiUpstream : public Upstream {
  public:
   explicit AimlApiUpstream(AimlApiOptions options);

@@ -110,6 +110,66 @@ double CpuSeconds(int who) {
          1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
 }
 
+size_t Append(char* data, size_t size, size_t count, void* out) {
+  static_cast<std::string*>(out)->append(data, size * count);
+  return size * count;
+}
+
+// A bare libcurl multi loop on the calling thread: the same polls with none
+// of the client's machinery (queue, mutex, retries, parsing). The gap to it
+// is what the loop adds; the gap from it to wrk is what libcurl costs.
+LoopResult RunBareCurl(const std::string& url, const std::string& key,
+                       int concurrency, int seconds) {
+  CURLM* multi = curl_multi_init();
+  curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                    static_cast<long>(concurrency));
+  curl_slist* headers = curl_slist_append(
+      nullptr, absl::StrCat("Authorization: Bearer ", key).c_str());
+  std::vector<std::string> bodies(concurrency);
+  std::vector<CURL*> easies;
+  for (int i = 0; i < concurrency; ++i) {
+    CURL* easy = curl_easy_init();
+    curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &Append);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, &bodies[i]);
+    curl_easy_setopt(easy, CURLOPT_PRIVATE, &bodies[i]);
+    curl_multi_add_handle(multi, easy);
+    easies.push_back(easy);
+  }
+  LoopResult out;
+  const absl::Time start = absl::Now();
+  const absl::Time stop = start + absl::Seconds(seconds);
+  int running = concurrency;
+  while (running > 0) {
+    curl_multi_perform(multi, &running);
+    int left = 0;
+    while (CURLMsg* msg = curl_multi_info_read(multi, &left)) {
+      if (msg->msg != CURLMSG_DONE) continue;
+      long code = 0;
+      curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &code);
+      (msg->data.result == CURLE_OK && code == 200 ? out.ok : out.errors)++;
+      std::string* body = nullptr;
+      curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &body);
+      body->clear();
+      CURL* easy = msg->easy_handle;
+      curl_multi_remove_handle(multi, easy);
+      if (absl::Now() < stop) {
+        curl_multi_add_handle(multi, easy);
+        ++running;
+      }
+    }
+    curl_multi_poll(multi, nullptr, 0, 100, nullptr);
+  }
+  out.per_second = static_cast<double>(out.ok + out.errors) /
+                   absl::ToDoubleSeconds(absl::Now() - start);
+  for (CURL* easy : easies) curl_easy_cleanup(easy);
+  curl_slist_free_all(headers);
+  curl_multi_cleanup(multi);
+  return out;
+}
+
 // Runs wrk and returns its "Requests/sec", or a negative number.
 double RunWrk(const std::string& url, const std::string& key, int threads,
               int connections, int seconds) {
@@ -178,6 +238,7 @@ int Main() {
   PollDriver(&up, job->upstream_id).Run(concurrency, absl::Seconds(1));
   const int wrk_threads = absl::GetFlag(FLAGS_wrk_threads);
   std::vector<double> loop_rps, wrk_rps, ratios, loop_us, wrk_us;
+  std::vector<double> bare_rps, bare_us;
   int64_t errors = 0;
   for (int round = 0; round < absl::GetFlag(FLAGS_rounds); ++round) {
     const double self_before = CpuSeconds(RUSAGE_SELF);
@@ -187,7 +248,13 @@ int Main() {
     const double children_before = CpuSeconds(RUSAGE_CHILDREN);
     const double wrk = RunWrk(poll_url, key, wrk_threads, concurrency, seconds);
     const double wrk_cpu = CpuSeconds(RUSAGE_CHILDREN) - children_before;
-    errors += loop.errors;
+    const double bare_before = CpuSeconds(RUSAGE_SELF);
+    LoopResult bare = RunBareCurl(poll_url, key, concurrency, seconds);
+    const double bare_cpu = CpuSeconds(RUSAGE_SELF) - bare_before;
+    bare_rps.push_back(bare.per_second);
+    bare_us.push_back(1e6 * bare_cpu /
+                      static_cast<double>(bare.ok + bare.errors));
+    errors += loop.errors + bare.errors;
     loop_rps.push_back(loop.per_second);
     wrk_rps.push_back(wrk);
     ratios.push_back(wrk > 0 ? loop.per_second / wrk : 0);
@@ -199,17 +266,23 @@ int Main() {
   }
   if (absl::GetFlag(FLAGS_header)) {
     std::printf(
-        "| sim | conc. | rounds | loop polls/s | loop errors | wrk threads | "
-        "wrk req/s | ratio | loop CPU us/poll | wrk CPU us/req |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n");
+        "| sim | conc. | rounds | loop polls/s | bare libcurl polls/s | wrk "
+        "threads | wrk req/s | loop/wrk | loop/bare | CPU us per request: "
+        "loop / bare / wrk | errors |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n");
   }
-  const std::string loop_cpu =
-      sim ? "n/a" : absl::StrFormat("%.1f", Median(loop_us));
+  // With an in-process sim, process CPU includes the sim's.
+  const std::string cpu =
+      sim ? absl::StrFormat("n/a / n/a / %.1f", Median(wrk_us))
+          : absl::StrFormat("%.1f / %.1f / %.1f", Median(loop_us),
+                            Median(bare_us), Median(wrk_us));
   std::printf(
-      "| %s | %d | %zu | %.0f | %lld | %d | %.0f | %.2f | %s | %.1f |\n",
+      "| %s | %d | %zu | %.0f | %.0f | %d | %.0f | %.2f | %.2f | %s | %lld "
+      "|\n",
       sim ? "in-process" : "external", concurrency, ratios.size(),
-      Median(loop_rps), static_cast<long long>(errors), wrk_threads,
-      Median(wrk_rps), Median(ratios), loop_cpu.c_str(), Median(wrk_us));
+      Median(loop_rps), Median(bare_rps), wrk_threads, Median(wrk_rps),
+      Median(ratios), Median(loop_rps) / std::max(1.0, Median(bare_rps)),
+      cpu.c_str(), static_cast<long long>(errors));
   return Median(wrk_rps) > 0 && errors == 0 ? 0 : 1;
 }
 
