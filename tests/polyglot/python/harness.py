@@ -63,9 +63,10 @@ class Process:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
+        output = self.output()
         self.stop()
         raise RuntimeError(f"{self.argv[0]} did not print {pattern!r}; "
-                           f"output:\n{self.output()}")
+                           f"output:\n{output}")
 
     def stop(self):
         if self.proc.poll() is None:
@@ -94,7 +95,11 @@ class Stack:
              f"--upstream_url={sim_url}", "--store=memory",
              "--poll_initial_delay=100ms", "--poll_interval=150ms"],
             env={"AIMLAPI_KEY": key})
-        line = self.server.wait_for(r'.*"event":\s*"server_listening".*')[0]
+        try:
+            line = self.server.wait_for(r'.*"event":\s*"server_listening".*')[0]
+        except BaseException:
+            self.sim.stop()
+            raise
         self.address = json.loads(line)["address"]
 
     def stop(self):
