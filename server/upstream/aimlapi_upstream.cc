@@ -190,6 +190,7 @@ class AimlApiUpstream::Loop {
     std::atomic<int64_t> calls_finished{0};
     std::atomic<int64_t> queued{0};
     std::atomic<int64_t> in_flight{0};
+    std::atomic<int64_t> connections_opened{0};
   } counters_;
 
   // Loop thread only.
@@ -270,6 +271,7 @@ UpstreamCounters AimlApiUpstream::Loop::counters() const {
   out.calls_finished = counters_.calls_finished;
   out.queued = counters_.queued;
   out.in_flight = counters_.in_flight;
+  out.connections_opened = counters_.connections_opened;
   return out;
 }
 
@@ -415,6 +417,9 @@ void AimlApiUpstream::Loop::ReadDone() {
     curl_easy_getinfo(easy, CURLINFO_RETRY_AFTER, &retry_after);
     long request_size = 0;
     curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &request_size);
+    long new_connections = 0;
+    curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &new_connections);
+    counters_.connections_opened += new_connections;
     idle_easies_.push_back(easy);
     --counters_.in_flight;
     HandleResult(std::move(call), result, result == CURLE_OK ? http : 0,

@@ -64,6 +64,7 @@ struct UpstreamCounters {
   int64_t calls_finished = 0;
   int64_t queued = 0;     // waiting for a slot, a token or a retry timer
   int64_t in_flight = 0;  // handed to curl
+  int64_t connections_opened = 0;  // new TCP connections (keep-alive reuse)
 };
 
 // The real AI/ML API client. One dedicated thread runs a libcurl multi loop

@@ -484,7 +484,9 @@ TEST_F(UpstreamTest, IdsWithColonAndSlashReachTheSimByteForByte) {
 }
 
 TEST_F(UpstreamTest, AThousandConcurrentPollsThroughOneLoop) {
-  AimlApiUpstream& up = Up();
+  AimlApiOptions o = Options();
+  o.max_connections = 16;
+  AimlApiUpstream& up = Up(o);
   std::vector<std::string> ids;
   for (int i = 0; i < 20; ++i) {
     absl::StatusOr<SubmitResult> s =
@@ -530,6 +532,9 @@ TEST_F(UpstreamTest, AThousandConcurrentPollsThroughOneLoop) {
   EXPECT_EQ(c.in_flight, 0);
   EXPECT_EQ(c.queued, 0);
   EXPECT_EQ(c.calls_finished, c.calls_started);
+  // Keep-alive: 1,020 requests over at most max_connections connections.
+  EXPECT_GE(c.connections_opened, 1);
+  EXPECT_LE(c.connections_opened, 16);
 }
 
 TEST_F(UpstreamTest, RateLimitSpacesRequests) {
