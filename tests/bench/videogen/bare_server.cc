@@ -4,10 +4,12 @@
 
 #include <atomic>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <optional>
 #include <unordered_set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -29,22 +31,24 @@ google::protobuf::Timestamp Stamp(absl::Time t) {
 
 class BareStream;
 
-// Every live stream. Thread-safe.
+// Every live stream, by the generation id it asked for. Thread-safe.
 class Registry {
  public:
-  void Add(BareStream* s) {
+  void Add(const std::string& group, BareStream* s) {
     absl::MutexLock lock(&mu_);
-    streams_.insert(s);
+    groups_[group].insert(s);
   }
-  void Remove(BareStream* s) {
+  void Remove(const std::string& group, BareStream* s) {
     absl::MutexLock lock(&mu_);
-    streams_.erase(s);
+    groups_[group].erase(s);
   }
-  int64_t Broadcast(const EventPtr& event, bool final);
+  int64_t Broadcast(const std::string& group, const EventPtr& event,
+                    bool final);
 
  private:
   absl::Mutex mu_;
-  std::unordered_set<BareStream*> streams_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::unordered_set<BareStream*>> groups_
+      ABSL_GUARDED_BY(mu_);
 };
 
 // One held stream: one write in flight, the newest event waiting behind it
@@ -53,11 +57,12 @@ class Registry {
 // are made outside the lock.
 class BareStream : public grpc::ServerWriteReactor<GenerationEvent> {
  public:
-  BareStream(Registry* registry, const std::string& id) : registry_(registry) {
+  BareStream(Registry* registry, const std::string& id)
+      : registry_(registry), group_(id) {
     GenerationEvent snapshot = RepresentativeEvent(
         GenerationEvent::TYPE_SNAPSHOT, Generation::STATE_QUEUED, 1);
     snapshot.mutable_generation()->set_id(id);
-    registry_->Add(this);
+    registry_->Add(group_, this);
     Offer(std::make_shared<const GenerationEvent>(std::move(snapshot)), false);
   }
 
@@ -89,7 +94,7 @@ class BareStream : public grpc::ServerWriteReactor<GenerationEvent> {
   }
 
   void OnDone() override {
-    registry_->Remove(this);
+    registry_->Remove(group_, this);
     delete this;
   }
 
@@ -113,6 +118,7 @@ class BareStream : public grpc::ServerWriteReactor<GenerationEvent> {
   }
 
   Registry* const registry_;
+  const std::string group_;
   absl::Mutex mu_;
   EventPtr in_flight_ ABSL_GUARDED_BY(mu_);
   EventPtr pending_ ABSL_GUARDED_BY(mu_);
@@ -120,10 +126,12 @@ class BareStream : public grpc::ServerWriteReactor<GenerationEvent> {
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-int64_t Registry::Broadcast(const EventPtr& event, bool final) {
+int64_t Registry::Broadcast(const std::string& group, const EventPtr& event,
+                            bool final) {
   absl::MutexLock lock(&mu_);
-  for (BareStream* s : streams_) s->Offer(event, final);
-  return static_cast<int64_t>(streams_.size());
+  auto& streams = groups_[group];
+  for (BareStream* s : streams) s->Offer(event, final);
+  return static_cast<int64_t>(streams.size());
 }
 
 // The bare service. Thread-safe (state lives in the registry).
@@ -139,20 +147,23 @@ class BareService : public v1::VideoGeneration::CallbackService {
       grpc::CallbackServerContext* context,
       const v1::GetGenerationRequest* request, Generation* response) override {
     auto* reactor = context->DefaultReactor();
-    bool final = request->id() == "broadcast-final";
-    if (!final && request->id() != "broadcast") {
+    const std::string& id = request->id();
+    bool final = absl::StartsWith(id, "broadcast-final:");
+    if (!final && !absl::StartsWith(id, "broadcast:")) {
       reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "control"));
       return reactor;
     }
-    // Stamped before the fan-out, as videogen stamps the poll's time.
-    ++revision_;
+    const std::string group = id.substr(id.find(':') + 1);
+    // Stamped before the fan-out, as videogen stamps the poll's answer.
     GenerationEvent event = RepresentativeEvent(
         GenerationEvent::TYPE_UPDATE,
         final ? Generation::STATE_COMPLETED : Generation::STATE_GENERATING,
-        revision_);
+        ++revision_);
+    event.mutable_generation()->set_id(group);
     *event.mutable_observe_time() = Stamp(absl::Now());
     int64_t n = registry_.Broadcast(
-        std::make_shared<const GenerationEvent>(std::move(event)), final);
+        group, std::make_shared<const GenerationEvent>(std::move(event)),
+        final);
     response->set_revision(n);
     reactor->Finish(grpc::Status::OK);
     return reactor;

@@ -20,9 +20,9 @@ v1::GenerationEvent RepresentativeEvent(v1::GenerationEvent::Type type,
 
 // Runs the bare baseline server on 127.0.0.1:`port` (0 picks one) until
 // SIGTERM. It implements only WatchGeneration (hold streams, send a
-// snapshot) and uses GetGeneration as its control call:
-// id "broadcast" sends one GENERATING update to every stream and
-// "broadcast-final" a COMPLETED one, after which streams end with OK.
+// snapshot) and uses GetGeneration as its control call: id "broadcast:G"
+// sends one GENERATING update to every stream watching id G, and
+// "broadcast-final:G" a COMPLETED one, after which those streams end OK.
 int RunBareServer(int port);
 
 }  // namespace videogen::bench

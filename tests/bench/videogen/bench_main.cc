@@ -131,10 +131,9 @@ int Run(int argc, char** argv) {
       std::fprintf(stderr, "[bench] watchers %d: videogen (sim queued %s)\n", n,
                    absl::FormatDuration(wo.queued_for).c_str());
       pair.videogen = RunVideogenWatchers(paths, wo, n);
-      int updates = pair.videogen.TypicalUpdates();
-      std::fprintf(stderr, "[bench] watchers %d: bare, %d updates\n", n,
-                   updates);
-      pair.bare = RunBareWatchers(paths, wo, n, updates);
+      std::fprintf(stderr, "[bench] watchers %d: bare, replaying %zu changes\n",
+                   n, pair.videogen.result.changes.size());
+      pair.bare = RunBareWatchers(paths, wo, n, pair.videogen.result.changes);
       for (const WatchRun* r : {&pair.videogen, &pair.bare}) {
         if (r->result.attach_time < absl::InfiniteDuration()) {
           attach_per_stream =

@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
 #include "tests/bench/videogen/bare_server.h"
@@ -129,12 +130,6 @@ T Failed(T run, const absl::Status& s) {
 
 }  // namespace
 
-int WatchRun::TypicalUpdates() const {
-  if (!ran || result.attached == 0) return 2;
-  int64_t u = (result.updates + result.attached / 2) / result.attached;
-  return static_cast<int>(std::max<int64_t>(1, u));
-}
-
 WatchRun RunVideogenWatchers(const Paths& p, const WatchOptions& o, int n) {
   WatchRun run;
   Child sim, server;
@@ -163,8 +158,36 @@ WatchRun RunVideogenWatchers(const Paths& p, const WatchOptions& o, int n) {
   return run;
 }
 
+// Group ids as long as videogen's generation ids (22 characters), so the
+// bare server's events have the same size.
+std::string BareId(int g) { return absl::StrFormat("bare%018d", g); }
+
+// The bare server's schedule: videogen's changes mapped to groups
+// "bare-<i>", or two changes per group when videogen did not run.
+std::vector<Change> BareSchedule(const std::vector<Change>& changes, int groups,
+                                 absl::Duration spacing) {
+  std::vector<Change> out;
+  if (changes.empty()) {
+    for (int round = 0; round < 2; ++round) {
+      for (int g = 0; g < groups; ++g) {
+        out.push_back(Change{
+            BareId(g), round * absl::ToInt64Nanoseconds(spacing), round == 1});
+      }
+    }
+    return out;
+  }
+  std::map<std::string, int> group_of;
+  for (const Change& c : changes) {
+    auto [it, inserted] =
+        group_of.try_emplace(c.id, static_cast<int>(group_of.size()));
+    out.push_back(Change{BareId(it->second % groups),
+                         c.observe_ns - changes.front().observe_ns, c.final});
+  }
+  return out;
+}
+
 WatchRun RunBareWatchers(const Paths& p, const WatchOptions& o, int n,
-                         int updates) {
+                         const std::vector<Change>& changes) {
   WatchRun run;
   Child bare;
   absl::Status s =
@@ -175,19 +198,25 @@ WatchRun RunBareWatchers(const Paths& p, const WatchOptions& o, int n,
   if (!line.ok()) return Failed(run, line.status());
   const std::string address = line->substr(line->rfind(' ') + 1);
   auto control = v1::VideoGeneration::NewStub(NewChannel(address, -1));
+  std::vector<std::string> ids;
+  for (int g = 0; g < o.generations; ++g) ids.push_back(BareId(g));
+  const std::vector<Change> schedule =
+      BareSchedule(changes, o.generations, o.generating_for);
   absl::SleepFor(absl::Milliseconds(300));
   run.rss_before = RssBytes(bare.pid());
   const double cpu0 = CpuSeconds(bare.pid());
   {
     WatcherPool pool(address, o.streams_per_channel);
-    pool.Start({"bare"}, n);
+    pool.Start(ids, n);
     pool.WaitAttached(absl::Seconds(120));
     run.rss_attached = RssBytes(bare.pid());
-    for (int i = 0; i < updates; ++i) {
-      absl::SleepFor(i == 0 ? absl::Seconds(1) : o.generating_for);
+    const absl::Time t0 = absl::Now() + absl::Seconds(1);
+    for (const Change& c : schedule) {
+      absl::SleepFor(t0 + absl::Nanoseconds(c.observe_ns) - absl::Now());
       grpc::ClientContext ctx;
       v1::GetGenerationRequest req;
-      req.set_id(i + 1 == updates ? "broadcast-final" : "broadcast");
+      req.set_id(
+          absl::StrCat(c.final ? "broadcast-final:" : "broadcast:", c.id));
       v1::Generation g;
       grpc::Status st = control->GetGeneration(&ctx, req, &g);
       if (!st.ok()) {

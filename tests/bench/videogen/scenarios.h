@@ -35,8 +35,6 @@ struct WatchRun {
   int64_t rss_attached = -1;  // bytes, right after the last attach
   int64_t rss_peak = -1;      // VmHWM at the end
   double cpu_seconds = 0;     // from before the first attach to the end
-  // UPDATEs per watcher that most watchers saw (2 when unknown).
-  int TypicalUpdates() const;
 };
 
 struct WatchPair {
@@ -73,8 +71,10 @@ struct EfficiencyResult {
 };
 
 WatchRun RunVideogenWatchers(const Paths& paths, const WatchOptions& o, int n);
+// Replays `changes` (videogen's, from the same run) against the bare
+// server: same groups, same number of updates, same spacing.
 WatchRun RunBareWatchers(const Paths& paths, const WatchOptions& o, int n,
-                         int updates);
+                         const std::vector<Change>& changes);
 ThroughputResult RunThroughput(const Paths& paths, int concurrency,
                                absl::Duration duration);
 EfficiencyResult RunEfficiency(const Paths& paths, const WatchOptions& o,

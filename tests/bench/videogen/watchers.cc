@@ -1,6 +1,9 @@
 #include "tests/bench/videogen/watchers.h"
 
+#include <algorithm>
+#include <map>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -47,6 +50,11 @@ class WatcherPool::Watcher : public grpc::ClientReadReactor<GenerationEvent> {
           google::protobuf::util::TimeUtil::TimestampToNanoseconds(
               event_.observe_time()));
       latency_us_.push_back(absl::ToInt64Microseconds(now - observed));
+      if (changes_.size() < 8) {
+        changes_.push_back(Change{event_.generation().id(),
+                                  absl::ToUnixNanos(observed),
+                                  event_.generation().done()});
+      }
       update_bytes_ += static_cast<int64_t>(event_.ByteSizeLong());
     }
     terminal_ = event_.generation().done();
@@ -70,6 +78,7 @@ class WatcherPool::Watcher : public grpc::ClientReadReactor<GenerationEvent> {
   bool late_ = false;
   bool terminal_ = false;
   std::vector<int64_t> latency_us_;
+  std::vector<Change> changes_;  // the first few UPDATEs, for the replay
 };
 
 WatcherPool::WatcherPool(std::string target, int streams_per_channel)
@@ -129,7 +138,11 @@ WatchResult WatcherPool::Collect() {
                       ? absl::FromUnixNanos(all_attached_ns_.load()) - start_
                       : absl::InfiniteDuration();
   r.min_updates = INT64_MAX;
+  std::map<std::pair<std::string, int64_t>, Change> changes;
   for (auto& w : watchers_) {
+    for (const Change& c : w->changes_) {
+      changes.try_emplace({c.id, c.observe_ns}, c);
+    }
     if (w->late_) ++r.late;
     if (w->status_.ok() && w->terminal_) {
       ++r.finished_ok;
@@ -150,6 +163,11 @@ WatchResult WatcherPool::Collect() {
                         w->latency_us_.end());
   }
   if (watchers_.empty()) r.min_updates = 0;
+  for (auto& [key, c] : changes) r.changes.push_back(c);
+  std::sort(r.changes.begin(), r.changes.end(),
+            [](const Change& a, const Change& b) {
+              return a.observe_ns < b.observe_ns;
+            });
   return r;
 }
 

@@ -12,6 +12,14 @@
 
 namespace videogen::bench {
 
+// One change as the watchers saw it: which generation, when the server
+// observed it, and whether it was the terminal one.
+struct Change {
+  std::string id;
+  int64_t observe_ns = 0;
+  bool final = false;
+};
+
 // What a set of watchers saw.
 struct WatchResult {
   int64_t streams = 0;
@@ -26,6 +34,7 @@ struct WatchResult {
   int64_t min_updates = 0;  // fewest UPDATEs one watcher saw
   absl::Duration attach_time;
   std::vector<int64_t> latency_us;  // observe_time to receipt, UPDATEs only
+  std::vector<Change> changes;      // distinct UPDATEs, by observe time
 };
 
 // Opens many WatchGeneration streams with the callback API, spread over
