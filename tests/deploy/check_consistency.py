@@ -663,6 +663,13 @@ def check_runtime_libs(root, binaries):
         elif pkg not in have:
             errors.append(f"deploy/Dockerfile: runtime stage lacks {pkg} "
                           f"(for {lib} of {os.path.basename(binary)})")
+    # Keep the image lean: each listed library package must be loaded by
+    # some binary (ca-certificates is data, for HTTPS to the upstream).
+    used = {owner.get(path) for _, _, path in needed}
+    for name in wanted:
+        if name != "ca-certificates" and name in db and name not in used:
+            errors.append(f"deploy/Dockerfile: runtime package {name} is "
+                          "loaded by no binary; drop it")
     for binary in binaries:
         libs = sum(1 for b, _, _ in needed if b == binary)
         print(f"{os.path.basename(binary)}: {libs} shared libraries checked")
