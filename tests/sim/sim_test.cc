@@ -9,6 +9,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -696,6 +697,82 @@ TEST(SimVideo, Mp4BoxesAreConsistent) {
     at += 4 + Be32(mp4, at);
   }
   EXPECT_NE(mp4.find("avcC"), std::string::npos);
+}
+
+// Reads H.264 RBSP bits (emulation prevention bytes already removed).
+class BitReader {
+ public:
+  explicit BitReader(std::string rbsp) : data_(std::move(rbsp)) {}
+  uint32_t Bits(int n) {
+    uint32_t v = 0;
+    for (int i = 0; i < n; ++i, ++pos_) {
+      v = (v << 1) | ((uint8_t(data_[pos_ / 8]) >> (7 - pos_ % 8)) & 1);
+    }
+    return v;
+  }
+  uint32_t Ue() {
+    int zeros = 0;
+    while (Bits(1) == 0) ++zeros;
+    return (1u << zeros) - 1 + Bits(zeros);
+  }
+  void Align() { pos_ = (pos_ + 7) / 8 * 8; }
+
+ private:
+  std::string data_;
+  size_t pos_ = 0;
+};
+
+std::string Unescape(const std::string& nal) {
+  std::string out;
+  int zeros = 0;
+  for (char c : nal) {
+    if (zeros >= 2 && c == 3) {
+      zeros = 0;
+      continue;
+    }
+    out.push_back(c);
+    zeros = c == 0 ? zeros + 1 : 0;
+  }
+  return out;
+}
+
+TEST(SimVideo, H264IsBaselineWithPcmMacroblocks) {
+  const std::string& mp4 = SampleMp4();
+  // avcC: version, profile, compat, level, 0xff, 0xe1, sps length, sps.
+  size_t avcc = mp4.find("avcC") + 4;
+  EXPECT_EQ(uint8_t(mp4[avcc + 1]), 66);  // Baseline
+  size_t sps_len = (uint8_t(mp4[avcc + 6]) << 8) | uint8_t(mp4[avcc + 7]);
+  BitReader sps(Unescape(mp4.substr(avcc + 9, sps_len - 1)));
+  EXPECT_EQ(sps.Bits(8), 66u);
+  sps.Bits(16);             // constraints, level
+  EXPECT_EQ(sps.Ue(), 0u);  // sps id
+  EXPECT_EQ(sps.Ue(), 0u);  // log2_max_frame_num_minus4
+  EXPECT_EQ(sps.Ue(), 2u);  // poc type
+  sps.Ue();                 // max_num_ref_frames
+  sps.Bits(1);              // gaps
+  EXPECT_EQ(sps.Ue(), 3u);  // 64 px wide
+  EXPECT_EQ(sps.Ue(), 3u);  // 64 px high
+
+  // First sample: an IDR slice whose first macroblock is I_PCM holding the
+  // gradient that MakeMp4 draws.
+  size_t mdat = mp4.find("mdat") + 4;
+  uint32_t nal_len = Be32(mp4, mdat);
+  BitReader slice(Unescape(mp4.substr(mdat + 5, nal_len - 1)));
+  EXPECT_EQ(slice.Ue(), 0u);   // first_mb_in_slice
+  EXPECT_EQ(slice.Ue(), 7u);   // I
+  EXPECT_EQ(slice.Ue(), 0u);   // pps id
+  slice.Bits(4);               // frame_num
+  slice.Ue();                  // idr_pic_id
+  slice.Bits(2);               // dec_ref_pic_marking
+  slice.Ue();                  // slice_qp_delta (se, 0)
+  EXPECT_EQ(slice.Ue(), 1u);   // deblocking off
+  EXPECT_EQ(slice.Ue(), 25u);  // I_PCM
+  slice.Align();
+  for (int y = 0; y < 16; ++y) {
+    for (int x = 0; x < 16; ++x) {
+      ASSERT_EQ(slice.Bits(8), uint32_t(16 + (x + y) * 2)) << x << "," << y;
+    }
+  }
 }
 
 TEST(SimVideo, VideoUrlServesTheMp4WithRanges) {
