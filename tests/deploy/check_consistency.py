@@ -10,6 +10,10 @@ Modes:
   check_consistency.py --server BIN --root REPO --mutations
       the checks must pass on the real defaults and must FAIL on each of a
       few altered defaults (proves the checks can fail)
+  check_consistency.py --server BIN --root REPO --live-probes
+      runs the server with the Deployment's args and asks the health service
+      what the kubelet probes ask, scrapes the annotated metrics path, and
+      expects exit 0 after SIGTERM
   check_consistency.py --root REPO --runtime-libs BIN...
       every shared library the binaries load must come from a package that
       the Dockerfile's runtime stage installs (or the base image has)
@@ -676,6 +680,96 @@ def check_runtime_libs(root, binaries):
     return errors
 
 
+# --- the manifests' probes against a live server -------------------------------
+
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def health_status(port, service):
+    """grpc.health.v1.Health/Check with hand-encoded messages (no stubs)."""
+    import grpc
+    assert len(service) < 128  # one-byte length prefix
+    request = b"\x0a" + bytes([len(service)]) + service.encode() if service else b""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        check = channel.unary_unary("/grpc.health.v1.Health/Check")
+        reply = check(request, timeout=2)
+    # HealthCheckResponse{status = 1}: 1 SERVING, 2 NOT_SERVING.
+    return {b"\x08\x01": "SERVING", b"\x08\x02": "NOT_SERVING"}.get(
+        reply, repr(reply))
+
+
+def check_live_probes(root, binary):
+    """Runs the server with the Deployment's args (loopback ports, a temp data
+    dir, the simulator) and asks it what the kubelet probes would ask."""
+    import tempfile
+    import time
+    import urllib.request
+    require_binary(binary)
+    errors = []
+    docs = render(os.path.join(root, BASE_DIR), errors)
+    container = pod_containers(of_kind(docs, "Deployment")[0])[0]
+    probes = {kind: container[kind]["grpc"].get("service", "")
+              for kind in ("readinessProbe", "livenessProbe")}
+    path = (of_kind(docs, "Deployment")[0]["spec"]["template"]["metadata"]
+            ["annotations"]["prometheus.io/path"])
+    grpc_port, metrics_port = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as data:
+        args = []
+        for arg in container["args"]:
+            name = arg[2:].partition("=")[0]
+            args.append({"listen": f"--listen=127.0.0.1:{grpc_port}",
+                         "metrics_listen": f"--metrics_listen=127.0.0.1:{metrics_port}",
+                         "data_dir": f"--data_dir={data}"}.get(name, arg))
+        env = {k: v for k, v in os.environ.items() if k != "AIMLAPI_KEY"}
+        proc = subprocess.Popen([binary, "--simulate"] + args, env=env,
+                                stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 30
+            while True:
+                try:
+                    health_status(grpc_port, "")
+                    break
+                except Exception:  # not listening yet
+                    if time.time() > deadline or proc.poll() is not None:
+                        errors.append("server did not come up with the "
+                                      f"Deployment's args {args}")
+                        return errors
+                    time.sleep(0.2)
+            import grpc
+            for kind, service in probes.items():
+                try:
+                    status = health_status(grpc_port, service)
+                except grpc.RpcError as e:  # NOT_FOUND: unknown service name
+                    status = e.code().name
+                print(f"{kind} grpc service {service!r}: {status}")
+                if status != "SERVING":
+                    errors.append(f"{kind} asks for service {service!r}: "
+                                  f"{status}")
+            url = f"http://127.0.0.1:{metrics_port}{path}"
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                body = reply.read().decode()
+            print(f"GET {path}: {reply.status}, {len(body)} bytes")
+            if reply.status != 200 or "videogen_" not in body:
+                errors.append(f"{url} is not the videogen metrics page")
+            proc.send_signal(15)
+            grace = duration_seconds(parse_defaults(server_help(binary))
+                                     ["drain_grace"])
+            code = proc.wait(timeout=grace + 10)
+            print(f"SIGTERM: exit {code}")
+            if code != 0:
+                errors.append(f"SIGTERM drain exited {code}, not 0")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return errors
+
+
 # --- main ----------------------------------------------------------------------
 
 MUTATIONS = [
@@ -694,7 +788,15 @@ def main():
     parser.add_argument("--server")
     parser.add_argument("--mutations", action="store_true")
     parser.add_argument("--runtime-libs", nargs="+", metavar="BIN")
+    parser.add_argument("--live-probes", action="store_true")
     args = parser.parse_args()
+
+    if args.live_probes:
+        errors = check_live_probes(args.root, args.server)
+        for e in errors:
+            print("FAIL", e)
+        print("live probes:", "FAILED" if errors else "ok")
+        return 1 if errors else 0
 
     if args.runtime_libs:
         errors = check_runtime_libs(args.root, args.runtime_libs)
