@@ -39,10 +39,13 @@ const std::vector<std::string>& SpinnerFrames() {
   return *frames;
 }
 
+absl::Time ToTime(const google::protobuf::Timestamp& t) {
+  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
+}
+
 absl::Time CreateTime(const v1::Generation& g, absl::Time fallback) {
   if (!g.has_create_time() || g.create_time().seconds() == 0) return fallback;
-  return absl::FromUnixSeconds(g.create_time().seconds()) +
-         absl::Nanoseconds(g.create_time().nanos());
+  return ToTime(g.create_time());
 }
 
 std::string UsageText(const v1::Usage& usage) {
@@ -128,7 +131,13 @@ std::string HumanDuration(absl::Duration d) {
 
 void PrintSummary(const v1::Generation& g) {
   std::cout << StateName(g.state()) << "  " << g.id() << "  (revision "
-            << g.revision() << ")\n";
+            << g.revision();
+  if (g.has_create_time() && g.has_update_time()) {
+    std::cout << ", "
+              << HumanDuration(ToTime(g.update_time()) -
+                               ToTime(g.create_time()));
+  }
+  std::cout << ")\n";
   if (!g.upstream_status().empty()) {
     std::cout << "  upstream status: " << g.upstream_status() << "\n";
   }

@@ -90,7 +90,13 @@ bool Follower::BackoffBeforeRetry(const absl::Status& status) {
   // A first attempt that never got anything is most likely a wrong address
   // or a stopped server: report it rather than wait.
   if (!options_.reconnect || !received_any_) return false;
-  if (status.code() != absl::StatusCode::kUnavailable) return false;
+  // CANCELLED is retried too: this client cancels only after the terminal
+  // event, so it comes from the server side (gRPC cancels calls that start
+  // while a server shuts down).
+  if (status.code() != absl::StatusCode::kUnavailable &&
+      status.code() != absl::StatusCode::kCancelled) {
+    return false;
+  }
   if (absl::Now() - last_progress_ > options_.reconnect_timeout) return false;
   if (callbacks_.on_reconnect) callbacks_.on_reconnect(status, backoff_);
   absl::SleepFor(backoff_);

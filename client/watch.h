@@ -17,8 +17,8 @@ namespace videogen::client {
 namespace v1 = ::videogen::v1;
 
 struct FollowOptions {
-  // Reconnect on UNAVAILABLE and on a stream that ends before the terminal
-  // event. Off: the first break is an error.
+  // Reconnect on UNAVAILABLE (or a server-side CANCELLED) and on a stream
+  // that ends before the terminal event. Off: the first break is an error.
   bool reconnect = true;
   // Give up after this long without receiving anything.
   absl::Duration reconnect_timeout = absl::Minutes(2);

@@ -50,8 +50,8 @@ for _ in $(seq 1 100); do
     tail -n 20 "$WORK/server.log" >&2
     exit 1
   fi
-  if "$CLIENT" --server "$ADDR" --timeout 1s get no-such-generation 2>&1 \
-    | grep -q NOT_FOUND; then
+  answer="$("$CLIENT" --server "$ADDR" --timeout 1s get no-such-generation 2>&1 || true)"
+  if [[ "$answer" == *NOT_FOUND* ]]; then
     ready=1
     break
   fi

@@ -125,6 +125,7 @@ class Sim:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=30)
+        self.proc.stdout.close()
 
 
 class ClientTestCase(unittest.TestCase):
