@@ -119,6 +119,7 @@ struct Call {
   size_t max_response = 0;
   bool too_large = false;
   char errbuf[CURL_ERROR_SIZE] = {};
+  absl::Status rejected;  // set: fail without sending anything
 
   Call() = default;
   Call(const Call&) = delete;
@@ -298,10 +299,21 @@ void AimlApiUpstream::Loop::Run() {
 }
 
 bool AimlApiUpstream::Loop::TakeIncoming() {
-  absl::MutexLock lock(&mu_);
-  if (stopping_) return false;
-  for (auto& call : incoming_) ready_.push_back(std::move(call));
-  incoming_.clear();
+  std::deque<std::unique_ptr<Call>> rejected;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return false;
+    for (auto& call : incoming_) {
+      (call->rejected.ok() ? ready_ : rejected).push_back(std::move(call));
+    }
+    incoming_.clear();
+  }
+  // Calls refused before any request still answer on this thread.
+  for (auto& call : rejected) {
+    --counters_.queued;
+    const absl::Status status = call->rejected;
+    Finish(std::move(call), status);
+  }
   return true;
 }
 
@@ -703,7 +715,8 @@ void AimlApiUpstream::Submit(SubmitRequest request, SubmitCallback done) {
   call->kind = CallKind::kSubmit;
   call->submit_done = std::move(done);
   if (!loop_->key_ok()) {
-    call->submit_done(BadKey());
+    call->rejected = BadKey();
+    loop_->Enqueue(std::move(call));
     return;
   }
   const AimlApiOptions& o = loop_->options();
@@ -719,7 +732,8 @@ void AimlApiUpstream::Poll(PollRequest request, PollCallback done) {
   call->kind = CallKind::kPoll;
   call->poll_done = std::move(done);
   if (!loop_->key_ok()) {
-    call->poll_done(BadKey());
+    call->rejected = BadKey();
+    loop_->Enqueue(std::move(call));
     return;
   }
   const AimlApiOptions& o = loop_->options();

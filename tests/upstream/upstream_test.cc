@@ -582,6 +582,51 @@ TEST_F(UpstreamTest, ShutdownCancelsEveryPendingCallExactlyOnce) {
   EXPECT_THAT(submit_message, HasSubstr("shutting down"));
 }
 
+TEST_F(UpstreamTest, HostileHeaderValuesAreDroppedAndBadUtf8IsReplaced) {
+  AimlApiUpstream& up = Up();
+  SubmitRequest r = Request("bad id\r\nX-Evil: 1");
+  r.traceparent = "00-abc\r\nX-Evil: 2";
+  r.prompt = "a fox \xff\xfe in snow";
+  absl::StatusOr<SubmitResult> s = SubmitSync(up, r);
+  ASSERT_TRUE(s.ok()) << s.status();
+  sim::SimStats stats = sim_->Stats();
+  EXPECT_EQ(stats.client_request_id_by_id.count(s->upstream_id), 0u);
+  EXPECT_EQ(stats.traceparent_by_id.count(s->upstream_id), 0u);
+}
+
+TEST_F(UpstreamTest, KeyWithControlCharactersFailsWithoutARequest) {
+  AimlApiOptions o = Options();
+  o.api_key = "sk-SECRET\r\nX-Evil: 1";
+  AimlApiUpstream& up = Up(o);
+  absl::StatusOr<SubmitResult> s = SubmitSync(up, Request());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kUnauthenticated);
+  absl::StatusOr<Snapshot> p = PollSync(up, "x");
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(Count(kLegacyPost) + Count(kLegacyGet), 0);
+}
+
+TEST_F(UpstreamTest, AttemptHookSeesEveryAttempt) {
+  absl::Mutex mu;
+  std::vector<AttemptRecord> records;
+  AimlApiOptions o = Options();
+  o.on_attempt = [&](const AttemptRecord& r) {
+    absl::MutexLock lock(&mu);
+    records.push_back(r);
+  };
+  AimlApiUpstream& up = Up(o);
+  sim_->SetFaults({Fault(sim::Endpoint::kPoll, sim::FaultKind::k500, 1)});
+  absl::StatusOr<Snapshot> p = PollSync(up, "x");
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kUnavailable);
+  absl::MutexLock lock(&mu);
+  ASSERT_EQ(records.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(records[i].kind, CallKind::kPoll);
+    EXPECT_EQ(records[i].http_status, 500);
+    EXPECT_EQ(records[i].attempt, i + 1);
+    EXPECT_GE(records[i].latency, absl::ZeroDuration());
+  }
+}
+
 // A tiny server for answers the sim never gives: 403, odd bodies, an
 // upstream that echoes the key back, and a concurrency probe.
 class TinyServer {
