@@ -1,7 +1,9 @@
 // videogen: the command-line client of the videogen gRPC gateway.
 // Subcommands: generate, watch, get, list, cancel, download (see --help).
 
+#include <algorithm>
 #include <iostream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -31,6 +33,9 @@ struct Cli {
   std::vector<std::string> states;
   DownloadCommandOptions download;
 };
+
+constexpr char kIdChars[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
 
 // "30s", "500ms", "2m" or a bare number of seconds.
 bool ParseDuration(const std::string& text, absl::Duration* out) {
@@ -140,7 +145,7 @@ Retrying with the printed request_id returns the same generation.)");
 CLI::App* AddWatch(CLI::App& app, Cli& cli) {
   auto* sub = app.add_subcommand(
       "watch", "Follow a generation to the end (resumes across restarts)");
-  sub->add_option("id", cli.id, "Generation id")->required();
+  sub->add_option("id,--id", cli.id, "Generation id")->required();
   AddReconnectFlags(sub, cli);
   sub->footer(R"(Examples:
   videogen watch 8Jq2mQ0cT3u9eX1bYp4sKw
@@ -152,7 +157,7 @@ Exit codes: 0 completed, 1 failed or cancelled, 2 usage error, 3 RPC error.)");
 
 CLI::App* AddGet(CLI::App& app, Cli& cli) {
   auto* sub = app.add_subcommand("get", "Show one generation");
-  sub->add_option("id", cli.id, "Generation id")->required();
+  sub->add_option("id,--id", cli.id, "Generation id")->required();
   sub->footer(R"(Examples:
   videogen get 8Jq2mQ0cT3u9eX1bYp4sKw
   videogen --json get 8Jq2mQ0cT3u9eX1bYp4sKw)");
@@ -183,7 +188,7 @@ CLI::App* AddList(CLI::App& app, Cli& cli) {
 CLI::App* AddCancel(CLI::App& app, Cli& cli) {
   auto* sub = app.add_subcommand(
       "cancel", "Stop tracking a generation (the upstream has no cancel)");
-  sub->add_option("id", cli.id, "Generation id")->required();
+  sub->add_option("id,--id", cli.id, "Generation id")->required();
   sub->footer(R"(Examples:
   videogen cancel 8Jq2mQ0cT3u9eX1bYp4sKw)");
   return sub;
@@ -192,7 +197,8 @@ CLI::App* AddCancel(CLI::App& app, Cli& cli) {
 CLI::App* AddDownload(CLI::App& app, Cli& cli) {
   auto* sub = app.add_subcommand(
       "download", "Download a finished video (resumes a partial file)");
-  sub->add_option("target", cli.download.target, "Generation id or video URL")
+  sub->add_option("target,--target", cli.download.target,
+                  "Generation id or video URL")
       ->required();
   sub->add_option("--output,-o", cli.download.output, "File to write")
       ->required();
@@ -222,9 +228,38 @@ void Finalize(Cli& cli) {
   for (const auto& s : cli.states) cli.list.states.push_back(*ParseState(s));
 }
 
+// Ids may start with '-' (URL-safe base64), which CLI11 would read as an
+// option. For the subcommands that take an id, such an argument becomes
+// --id=ARG (--target=ARG for download).
+std::vector<std::string> QuoteDashIds(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  const std::set<std::string> global_values = {"--server", "--timeout",
+                                               "--ca-cert"};
+  size_t i = 1;
+  while (i < args.size() && args[i].size() > 1 && args[i][0] == '-') {
+    i += global_values.count(args[i]) ? 2 : 1;
+  }
+  if (i >= args.size()) return args;
+  const std::string& sub = args[i];
+  std::string name = sub == "download" ? "--target=" : "--id=";
+  if (sub != "watch" && sub != "get" && sub != "cancel" && sub != "download") {
+    return args;
+  }
+  for (size_t j = i + 1; j < args.size(); ++j) {
+    const std::string& a = args[j];
+    if (a == "--") break;
+    bool dash_id = a.size() > 2 && a[0] == '-' && a[1] != '-' &&
+                   a.find_first_not_of(kIdChars) == std::string::npos &&
+                   a.compare(0, 2, "-o") != 0 && a.compare(0, 2, "-h") != 0;
+    if (dash_id) args[j] = name + a;
+  }
+  return args;
+}
+
 int Main(int argc, char** argv) {
   Cli cli;
-  CLI::App app{"videogen: generate videos through a videogen server"};
+  CLI::App app{"videogen: generate videos through a videogen server",
+               "videogen"};
   app.fallthrough();
   app.require_subcommand(1);
   AddGlobalFlags(app, cli);
@@ -238,8 +273,11 @@ int Main(int argc, char** argv) {
       "Run `videogen SUBCOMMAND --help` for flags and examples.\n"
       "Exit codes: 0 ok, 1 generation failed or cancelled, 2 usage error, "
       "3 RPC error.");
+  std::vector<std::string> args = QuoteDashIds(argc, argv);
+  std::reverse(args.begin(), args.end());
+  args.pop_back();  // the program name
   try {
-    app.parse(argc, argv);
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? kExitOk : kExitUsage;
   }

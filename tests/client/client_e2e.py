@@ -277,6 +277,13 @@ class SubcommandTest(ClientTestCase):
         p = self.vg("watch", "does-not-exist")
         self.assertExit(p, 3)
         self.assertRegex(p.stderr, r"(?m)^error: NOT_FOUND: ")
+        # Ids may start with '-' (URL-safe base64): still an id, not a flag.
+        for args in (["get", "-Zno_such-id"], ["watch", "-Zno_such-id"],
+                     ["cancel", "-Zno_such-id"],
+                     ["download", "-Zno_such-id", "-o", "/dev/null"]):
+            p = self.vg(*args)
+            self.assertExit(p, 3)
+            self.assertRegex(p.stderr, r"(?m)^error: NOT_FOUND: ")
 
 
 class SlowServerTest(ClientTestCase):
