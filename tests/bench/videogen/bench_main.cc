@@ -120,13 +120,13 @@ int Run(int argc, char** argv) {
   const std::vector<std::string> scenarios = absl::GetFlag(FLAGS_scenarios);
 
   if (Has(scenarios, "watchers")) {
-    // Seconds of attach per stream, learned as the runs go, so the sim keeps
-    // jobs queued until every watcher is attached.
+    // Seconds of attach per stream, from the previous pair, so the sim
+    // keeps jobs queued until every watcher is attached (with 2x margin).
     double attach_per_stream = 0.001;
     for (int n : Ints(absl::GetFlag(FLAGS_watchers))) {
       WatchPair pair;
       pair.n = n;
-      wo.queued_for = absl::Seconds(2 + 2 * attach_per_stream * n);
+      wo.queued_for = absl::Seconds(3 + 2 * attach_per_stream * n);
       pair.queued_for = wo.queued_for;
       std::fprintf(stderr, "[bench] watchers %d: videogen (sim queued %s)\n", n,
                    absl::FormatDuration(wo.queued_for).c_str());
@@ -134,12 +134,18 @@ int Run(int argc, char** argv) {
       std::fprintf(stderr, "[bench] watchers %d: bare, replaying %zu changes\n",
                    n, pair.videogen.result.changes.size());
       pair.bare = RunBareWatchers(paths, wo, n, pair.videogen.result.changes);
+      double measured = 0;
       for (const WatchRun* r : {&pair.videogen, &pair.bare}) {
-        if (r->result.attach_time < absl::InfiniteDuration()) {
-          attach_per_stream =
-              std::max(attach_per_stream,
-                       absl::ToDoubleSeconds(r->result.attach_time) / n);
+        if (r->ran && r->result.attach_time < absl::InfiniteDuration()) {
+          measured = std::max(measured,
+                              absl::ToDoubleSeconds(r->result.attach_time) / n);
         }
+      }
+      if (measured > 0) attach_per_stream = measured;
+      for (const WatchRun* r : {&pair.videogen, &pair.bare}) {
+        std::fprintf(stderr, "[bench]   attach %s, %lld errors\n",
+                     absl::FormatDuration(r->result.attach_time).c_str(),
+                     static_cast<long long>(r->result.errors));
       }
       report.watchers.push_back(std::move(pair));
     }

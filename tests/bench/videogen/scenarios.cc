@@ -128,6 +128,21 @@ T Failed(T run, const absl::Status& s) {
   return run;
 }
 
+// One stderr line per change: when (from the first), to how many watchers,
+// and the fastest and slowest delivery. Shows where a latency tail comes
+// from.
+void LogChanges(const char* server, const WatchResult& r) {
+  for (const Change& c : r.changes) {
+    std::fprintf(stderr,
+                 "[bench]   %s change %s at +%.3fs%s: %lld watchers, "
+                 "%.1f..%.1f ms\n",
+                 server, c.id.c_str(),
+                 (c.observe_ns - r.changes.front().observe_ns) / 1e9,
+                 c.final ? " (final)" : "", static_cast<long long>(c.receivers),
+                 c.min_us / 1e3, c.max_us / 1e3);
+  }
+}
+
 }  // namespace
 
 WatchRun RunVideogenWatchers(const Paths& p, const WatchOptions& o, int n) {
@@ -153,6 +168,7 @@ WatchRun RunVideogenWatchers(const Paths& p, const WatchOptions& o, int n) {
     run.result = pool.Collect();
   }
   run.cpu_seconds = CpuSeconds(server.pid()) - cpu0;
+  LogChanges("videogen", run.result);
   run.rss_peak = PeakRssBytes(server.pid());
   run.ran = true;
   return run;
@@ -228,6 +244,7 @@ WatchRun RunBareWatchers(const Paths& p, const WatchOptions& o, int n,
     run.result = pool.Collect();
   }
   run.cpu_seconds = CpuSeconds(bare.pid()) - cpu0;
+  LogChanges("bare", run.result);
   run.rss_peak = PeakRssBytes(bare.pid());
   run.ran = true;
   return run;

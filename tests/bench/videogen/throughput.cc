@@ -65,30 +65,29 @@ class Tally {
   LoadResult result_ ABSL_GUARDED_BY(mu_);
 };
 
-// A closed-loop CreateGeneration caller; owned by itself until its last call.
-class CreateSlot {
+// One CreateGeneration call; on its end starts the next one and deletes
+// itself (a reactor may be deleted in OnDone, a context in its own unary
+// callback may not).
+class CreateCall : public grpc::ClientUnaryReactor {
  public:
-  CreateSlot(v1::VideoGeneration::Stub* stub, Tally* tally)
-      : stub_(stub), tally_(tally) {}
-
-  void Next() {
-    context_ = std::make_unique<grpc::ClientContext>();
-    request_ = BenchRequest();
+  CreateCall(v1::VideoGeneration::Stub* stub, Tally* tally)
+      : stub_(stub), tally_(tally), request_(BenchRequest()) {
     started_ = absl::Now();
-    stub_->async()->CreateGeneration(
-        context_.get(), &request_, &response_, [this](grpc::Status status) {
-          if (tally_->Record(status, absl::Now() - started_)) {
-            Next();
-          } else {
-            delete this;
-          }
-        });
+    stub_->async()->CreateGeneration(&context_, &request_, &response_, this);
+    StartCall();
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    if (tally_->Record(status, absl::Now() - started_)) {
+      new CreateCall(stub_, tally_);
+    }
+    delete this;
   }
 
  private:
   v1::VideoGeneration::Stub* const stub_;
   Tally* const tally_;
-  std::unique_ptr<grpc::ClientContext> context_;
+  grpc::ClientContext context_;
   v1::GenerateRequest request_;
   v1::Generation response_;
   absl::Time started_;
@@ -141,9 +140,7 @@ LoadResult RunCreateLoad(const std::shared_ptr<grpc::Channel>& channel,
   auto stub = v1::VideoGeneration::NewStub(channel);
   absl::Time start = absl::Now();
   Tally tally(concurrency, start + duration);
-  for (int i = 0; i < concurrency; ++i) {
-    (new CreateSlot(stub.get(), &tally))->Next();
-  }
+  for (int i = 0; i < concurrency; ++i) new CreateCall(stub.get(), &tally);
   return tally.Wait(start);
 }
 
@@ -159,7 +156,6 @@ LoadResult RunGenerateLoad(const std::shared_ptr<grpc::Channel>& channel,
 LoadResult RunDirectHttpLoad(const std::string& base_url,
                              const std::string& key, int concurrency,
                              absl::Duration duration) {
-  curl_global_init(CURL_GLOBAL_DEFAULT);
   const std::string url =
       absl::StrCat(base_url, "/v2/generate/video/kling/generation");
   // The body videogen sends for BenchRequest().

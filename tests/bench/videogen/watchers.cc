@@ -140,8 +140,14 @@ WatchResult WatcherPool::Collect() {
   r.min_updates = INT64_MAX;
   std::map<std::pair<std::string, int64_t>, Change> changes;
   for (auto& w : watchers_) {
-    for (const Change& c : w->changes_) {
-      changes.try_emplace({c.id, c.observe_ns}, c);
+    for (size_t i = 0; i < w->changes_.size(); ++i) {
+      const Change& c = w->changes_[i];
+      const int64_t us = w->latency_us_[i];
+      auto [it, inserted] = changes.try_emplace({c.id, c.observe_ns}, c);
+      Change& agg = it->second;
+      agg.min_us = inserted ? us : std::min(agg.min_us, us);
+      agg.max_us = std::max(agg.max_us, us);
+      ++agg.receivers;
     }
     if (w->late_) ++r.late;
     if (w->status_.ok() && w->terminal_) {

@@ -18,6 +18,10 @@ struct Change {
   std::string id;
   int64_t observe_ns = 0;
   bool final = false;
+  // Over the watchers that received it: how many, and the latency spread.
+  int64_t receivers = 0;
+  int64_t min_us = 0;
+  int64_t max_us = 0;
 };
 
 // What a set of watchers saw.
