@@ -518,6 +518,52 @@ class ReconnectTest(unittest.TestCase):
         self.assertEqual(events[-1]["generation"]["state"], "STATE_COMPLETED")
 
 
+class TlsTest(unittest.TestCase):
+    """--tls with --ca-cert against a server with a self-signed certificate."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="vg-client-tls-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        cert = os.path.join(self.tmp, "cert.pem")
+        key = os.path.join(self.tmp, "key.pem")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+             "-keyout", key, "-out", cert, "-days", "1", "-subj",
+             "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+            check=True, capture_output=True, timeout=60)
+        self.cert = cert
+        self.server = Server(["--simulate", "--store=memory", *FAST_SIM,
+                              *FAST_POLL, f"--tls_cert_file={cert}",
+                              f"--tls_key_file={key}"])
+        self.addCleanup(self.server.stop)
+        self.server.wait_ready = lambda: None  # plaintext probe cannot work
+        self.server.start()
+
+    def vg(self, *args):
+        return run_client(self.server.addr, *args, timeout=60)
+
+    def test_generate_over_tls(self):
+        deadline = time.time() + 30
+        while True:  # wait for the TLS listener
+            p = self.vg("--tls", "--ca-cert", self.cert, "get", "nope")
+            if "NOT_FOUND" in p.stderr or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual(p.returncode, 3, p.stderr + self.server.log())
+        self.assertIn("NOT_FOUND", p.stderr)
+        p = self.vg("--tls", "--ca-cert", self.cert, "generate", "secure fox")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(events_of(p)[-1]["generation"]["state"],
+                         "STATE_COMPLETED")
+        # Plaintext against a TLS port, and TLS without the CA: errors (3).
+        # (The handshake may also outlast the deadline on a loaded machine.)
+        for args in (["--timeout", "10s"], ["--tls", "--timeout", "10s"]):
+            p = self.vg(*args, "get", "nope")
+            self.assertEqual(p.returncode, 3, p.stderr)
+            self.assertRegex(p.stderr,
+                             r"(?m)^error: (UNAVAILABLE|DEADLINE_EXCEEDED): ")
+
+
 class TerminalTest(ClientTestCase):
     """The live line and the summary, on a real pseudo-terminal (tmux)."""
     server_args = ["--simulate", "--store=memory", "--sim_queued_for=1s",
