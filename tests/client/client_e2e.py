@@ -567,7 +567,7 @@ class TlsTest(unittest.TestCase):
 class TerminalTest(ClientTestCase):
     """The live line and the summary, on a real pseudo-terminal (tmux)."""
     server_args = ["--simulate", "--store=memory", "--sim_queued_for=1s",
-                   "--sim_generating_for=2s", *FAST_POLL]
+                   "--sim_generating_for=3s", *FAST_POLL]
 
     def tmux(self, *args):
         return subprocess.run(["tmux", "-L", self.socket, *args],
