@@ -126,7 +126,8 @@ int Run(int argc, char** argv) {
     for (int n : Ints(absl::GetFlag(FLAGS_watchers))) {
       WatchPair pair;
       pair.n = n;
-      wo.queued_for = absl::Seconds(3 + 2 * attach_per_stream * n);
+      wo.queued_for = absl::Trunc(absl::Seconds(3 + 2 * attach_per_stream * n),
+                                  absl::Seconds(1));
       pair.queued_for = wo.queued_for;
       std::fprintf(stderr, "[bench] watchers %d: videogen (sim queued %s)\n", n,
                    absl::FormatDuration(wo.queued_for).c_str());
@@ -147,6 +148,7 @@ int Run(int argc, char** argv) {
                      absl::FormatDuration(r->result.attach_time).c_str(),
                      static_cast<long long>(r->result.errors));
       }
+      report.watch_options = wo;
       report.watchers.push_back(std::move(pair));
     }
   }

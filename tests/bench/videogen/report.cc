@@ -66,6 +66,17 @@ WatchFigures Figures(const WatchRun& run) {
   return f;
 }
 
+// "20 rounds, last delivery per round: median 12.3 ms, worst 45.6 ms".
+std::string Rounds(const WatchResult& r) {
+  std::vector<int64_t> last;
+  for (const Change& c : r.changes) last.push_back(c.max_us);
+  if (last.empty()) return "none";
+  int64_t median = Percentile(last, 50);
+  return absl::StrFormat(
+      "%d rounds, last delivery of a round: median %.1f ms, worst %.1f ms",
+      static_cast<int>(last.size()), Ms(median), Ms(last.back()));
+}
+
 std::string WatchRow(int n, const char* name, const WatchRun& run,
                      const WatchFigures& f) {
   if (!run.ran) {
@@ -95,6 +106,23 @@ void RenderWatchers(const Report& rep, std::string& md) {
       "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
       "|\n";
   std::string notes;
+  if (rep.watch_options.generations > 0) {
+    const WatchOptions& o = rep.watch_options;
+    md = absl::StrCat(
+        md.substr(0, md.rfind("| watchers |")),
+        absl::StrFormat(
+            "Settings: %d generations per run, watchers spread evenly over "
+            "them, %d streams per client connection; sim generating for %s "
+            "after the queued time below; server `--store=memory "
+            "--poll_interval=%s --heartbeat_interval=15s`. RSS per stream = "
+            "(RSS right after the last attach − RSS before the first) / "
+            "watchers. CPU = server user+system seconds from before the "
+            "first attach to the last stream's end.\n\n",
+            o.generations, o.streams_per_channel,
+            absl::FormatDuration(o.generating_for),
+            absl::FormatDuration(o.poll_interval)),
+        md.substr(md.rfind("| watchers |")));
+  }
   for (const WatchPair& p : rep.watchers) {
     WatchFigures v = Figures(p.videogen), b = Figures(p.bare);
     md += WatchRow(p.n, "videogen", p.videogen, v);
@@ -110,10 +138,11 @@ void RenderWatchers(const Report& rep, std::string& md) {
           "- %d watchers: mean UPDATE size %.0f B (videogen) vs %.0f B "
           "(bare); sim kept jobs queued %s so watchers attach before the "
           "first change; watchers attached after it (saw fewer UPDATEs): "
-          "%d videogen, %d bare.\n",
+          "%d videogen, %d bare. Fan-out rounds (one per change of one "
+          "generation): videogen %s; bare %s.\n",
           p.n, v.avg_update_bytes, b.avg_update_bytes,
           absl::FormatDuration(p.queued_for), p.videogen.result.late,
-          p.bare.result.late);
+          p.bare.result.late, Rounds(p.videogen.result), Rounds(p.bare.result));
     }
     for (const WatchRun* r : {&p.videogen, &p.bare}) {
       if (r->ran && !r->result.first_error.empty()) {
@@ -148,6 +177,16 @@ void RenderThroughput(const Report& rep, std::string& md) {
   md +=
       "| call | concurrency | calls | calls/s | p50 ms | p99 ms | errors | "
       "server CPU s |\n|---|---:|---:|---:|---:|---:|---:|---:|\n";
+  md = absl::StrCat(
+      md.substr(0, md.rfind("| call |")),
+      "Settings: sim `--queued_for=0 --generating_for=0`; server "
+      "`--store=memory --poll_initial_delay=10ms --poll_interval=10ms "
+      "--upstream_rate_limit=0` (the default 20 requests/s limiter would "
+      "cap creates at 20/s; it protects the real upstream and is not what "
+      "this measures). gRPC calls share one channel (one HTTP/2 "
+      "connection); each direct-POST thread keeps its own connection. Each "
+      "run lasts the same time, one after the other.\n\n",
+      md.substr(md.rfind("| call |")));
   md += LoadRow("sim POST directly (libcurl, keep-alive)", t.direct,
                 t.concurrency, "–");
   md +=
@@ -278,6 +317,16 @@ bool Report::AnyFailure() const {
   return false;
 }
 
+std::string LoadAverage() {
+  std::string load = ReadFile("/proc/loadavg");
+  // The 1, 5 and 15 minute averages: the first three fields.
+  size_t end = 0;
+  for (int i = 0; i < 3 && end != std::string::npos; ++i) {
+    end = load.find(' ', end + (i > 0 ? 1 : 0));
+  }
+  return load.substr(0, end);
+}
+
 Machine DescribeMachine() {
   Machine m;
   m.cores = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
@@ -298,13 +347,7 @@ Machine DescribeMachine() {
   }
   utsname u{};
   if (uname(&u) == 0) m.kernel = absl::StrCat(u.sysname, " ", u.release);
-  std::string load = ReadFile("/proc/loadavg");
-  // The 1, 5 and 15 minute averages: the first three fields.
-  size_t end = 0;
-  for (int i = 0; i < 3 && end != std::string::npos; ++i) {
-    end = load.find(' ', end + (i > 0 ? 1 : 0));
-  }
-  m.load_average = load.substr(0, end);
+  m.load_average = LoadAverage();
   return m;
 }
 
@@ -313,9 +356,10 @@ std::string RenderMarkdown(const Report& rep) {
   std::string md = "# videogen benchmark results\n\n";
   md += absl::StrFormat(
       "- Machine: %d cores, %s, %.1f GiB RAM, %s; load average at start: "
-      "%s (shared box: other work may run)\n",
+      "%s, at the end: %s (a shared box: other work may run)\n",
       m.cores, m.cpu_model, static_cast<double>(m.ram_bytes) / (1 << 30),
-      m.kernel, std::string(absl::StripAsciiWhitespace(m.load_average)));
+      m.kernel, std::string(absl::StripAsciiWhitespace(m.load_average)),
+      LoadAverage());
   md += absl::StrCat(
       "- Date: ",
       absl::FormatTime("%Y-%m-%d %H:%M UTC", rep.start, absl::UTCTimeZone()),
@@ -328,6 +372,11 @@ std::string RenderMarkdown(const Report& rep) {
       "from the server's `observe_time` to the client's receive time on "
       "the same clock. Ratios are videogen / bare, measured in the same "
       "run.\n";
+  md +=
+      "- The bare server replays videogen's change schedule from the same "
+      "run: the same generation groups, number of UPDATEs and spacing. "
+      "Each change of one generation is one fan-out round to its "
+      "watchers.\n";
   md += TargetsTable(rep);
   RenderWatchers(rep, md);
   RenderThroughput(rep, md);

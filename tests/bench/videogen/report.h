@@ -24,6 +24,7 @@ struct Report {
   std::string command;
   absl::Time start;
   absl::Time end;
+  WatchOptions watch_options;
   std::vector<WatchPair> watchers;
   ThroughputResult throughput;
   EfficiencyResult efficiency;

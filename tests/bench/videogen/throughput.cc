@@ -67,7 +67,7 @@ class Tally {
 
 // One CreateGeneration call; on its end starts the next one and deletes
 // itself (a reactor may be deleted in OnDone, a context in its own unary
-// callback may not).
+// callback may not). gRPC calls OnDone once, on one of its threads.
 class CreateCall : public grpc::ClientUnaryReactor {
  public:
   CreateCall(v1::VideoGeneration::Stub* stub, Tally* tally)
@@ -94,6 +94,7 @@ class CreateCall : public grpc::ClientUnaryReactor {
 };
 
 // One Generate stream; on its end starts the next one and deletes itself.
+// gRPC serialises its callbacks, so its fields need no lock.
 class GenerateCall : public grpc::ClientReadReactor<v1::GenerationEvent> {
  public:
   GenerateCall(v1::VideoGeneration::Stub* stub, Tally* tally)
