@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -1054,6 +1055,117 @@ TEST(TrackerRealClockTest, PollerFollowsAGenerationToTheEnd) {
   std::vector<int64_t> revs = sink->revisions();
   EXPECT_TRUE(std::is_sorted(revs.begin(), revs.end()));
   EXPECT_EQ(std::set<int64_t>(revs.begin(), revs.end()).size(), revs.size());
+}
+
+}  // namespace
+}  // namespace videogen::core
+
+namespace videogen::core {
+namespace {
+
+// Many threads at once against a real poller thread and an upstream that
+// answers on its own thread, as the curl loop does. Checks the invariants
+// that must hold whatever the interleaving (and gives TSan something to see).
+TEST(TrackerStressTest, ConcurrentClientsPollerAndUpstreamThread) {
+  SystemClock clock;
+  FakeUpstream upstream;
+  upstream.HoldSubmits();
+  TestStore store;
+  TrackerOptions o = Options();
+  o.poll_initial_delay = absl::Milliseconds(1);
+  o.poll_interval = absl::Milliseconds(2);
+  o.poll_jitter = 0.5;
+  o.error_backoff_initial = absl::Milliseconds(1);
+  Tracker tracker(o, &upstream, &store, &clock);
+  tracker.StartPoller();
+
+  std::atomic<bool> stop{false};
+  std::thread answerer([&] {
+    const absl::StatusOr<upstream::Snapshot> answers[] = {
+        Snap(TaskState::kQueued, "queued"),
+        Snap(TaskState::kGenerating, "generating"),
+        absl::UnavailableError("503"),
+        Snap(TaskState::kUnknown, "odd"),
+        Completed(),
+    };
+    int n = 0;
+    while (!stop.load()) {
+      upstream.ResolveSubmits(upstream::SubmitResult{"up-s", "queued"});
+      upstream.ResolvePolls(answers[n++ % 5]);
+      absl::SleepFor(absl::Microseconds(300));
+    }
+    upstream.ResolveSubmits(upstream::SubmitResult{"up-s", "queued"});
+  });
+
+  auto firehose = std::make_shared<RecordingSink>();
+  tracker.SubscribeAll(Filter{}, firehose);
+  absl::Mutex mu;
+  std::set<std::string> created_ids;
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 4; ++c) {
+    clients.emplace_back([&, c] {
+      for (int i = 0; i < 40; ++i) {
+        // Half the request_ids collide across clients.
+        const std::string rid = i % 2 == 0 ? "shared-" + std::to_string(i) : "";
+        absl::Notification done;
+        std::string id;
+        tracker.Create(Request(rid), {}, [&](absl::StatusOr<GenerationPtr> g) {
+          if (g.ok()) id = (*g)->id();
+          done.Notify();
+        });
+        ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+        ASSERT_FALSE(id.empty());
+        auto sink = std::make_shared<RecordingSink>();
+        absl::StatusOr<Subscription> sub = tracker.Subscribe(id, 0, sink);
+        ASSERT_TRUE(sub.ok()) << sub.status();
+        if ((i + c) % 7 == 0) tracker.Cancel(id).IgnoreError();
+        if ((i + c) % 5 == 0 && !sub->finished) tracker.Unsubscribe(sub->id);
+        EXPECT_TRUE(tracker.Get(id).ok());
+        absl::MutexLock lock(&mu);
+        created_ids.insert(id);
+        sinks.push_back(sink);
+      }
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  // Let everything run to a terminal state.
+  const absl::Time give_up = absl::Now() + absl::Seconds(60);
+  while (absl::Now() < give_up) {
+    auto counts = tracker.CountByState();
+    if (counts[v1::Generation::STATE_QUEUED] == 0 &&
+        counts[v1::Generation::STATE_GENERATING] == 0) {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  tracker.StopPoller();
+  stop = true;
+  answerer.join();
+
+  EXPECT_EQ(upstream.submit_count(), static_cast<int>(created_ids.size()));
+  for (const std::string& id : created_ids) {
+    auto g = tracker.Get(id);
+    ASSERT_TRUE(g.ok());
+    EXPECT_TRUE((*g)->done()) << id;
+  }
+  for (const auto& sink : sinks) {
+    std::vector<EventPtr> events = sink->events();
+    for (size_t i = 1; i < events.size(); ++i) {
+      EXPECT_EQ(events[i]->type(), v1::GenerationEvent::TYPE_UPDATE);
+      EXPECT_EQ(events[i]->generation().revision(),
+                events[i - 1]->generation().revision() + 1);
+      EXPECT_FALSE(events[i - 1]->generation().done());
+    }
+  }
+  // The firehose saw every generation's changes in revision order.
+  std::map<std::string, int64_t> last;
+  for (const EventPtr& e : firehose->events()) {
+    int64_t& prev = last[e->generation().id()];
+    EXPECT_EQ(e->generation().revision(), prev + 1);
+    prev = e->generation().revision();
+  }
+  EXPECT_EQ(last.size(), created_ids.size());
 }
 
 }  // namespace

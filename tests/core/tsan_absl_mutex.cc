@@ -2,11 +2,11 @@
 //
 // Debian's Abseil shared libraries are not built with -fsanitize=thread, so
 // TSan cannot see that absl::Mutex orders memory and reports every access
-// guarded by one as a race. This file interposes the Mutex/CondVar entry
-// points (the executable's definitions win over the shared library's), calls
-// the real ones through dlsym(RTLD_NEXT), and tells TSan about the
-// happens-before edges: release before unlocking or waiting, acquire after
-// locking or waking up.
+// guarded by one as a race. This file interposes the Mutex, CondVar and
+// Notification entry points (the executable's definitions win over the shared
+// library's), calls the real ones through dlsym(RTLD_NEXT), and tells TSan
+// about the happens-before edges: release before unlocking or waiting,
+// acquire after locking or waking up. Real races stay visible.
 #include <dlfcn.h>
 #include <sanitizer/tsan_interface.h>
 
@@ -14,6 +14,7 @@
 #include <cstdlib>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 
 namespace {
 
@@ -36,6 +37,7 @@ using absl::Condition;
 using absl::CondVar;
 using absl::Duration;
 using absl::Mutex;
+using absl::Notification;
 using absl::Time;
 
 }  // namespace
@@ -183,6 +185,39 @@ bool CondVar::WaitWithDeadline(Mutex* mu, Time deadline) {
   const bool timed_out = real(this, mu, deadline);
   Acquire(mu);
   return timed_out;
+}
+
+// Notification's fast path is an atomic inside the library. (The inline
+// HasBeenNotified() is not covered.)
+void Notification::Notify() {
+  REAL(void (*)(Notification*), "_ZN4absl7debian312Notification6NotifyEv");
+  Release(this);
+  real(this);
+}
+
+void Notification::WaitForNotification() const {
+  REAL(void (*)(const Notification*),
+       "_ZNK4absl7debian312Notification19WaitForNotificationEv");
+  real(this);
+  Acquire(this);
+}
+
+bool Notification::WaitForNotificationWithTimeout(Duration timeout) const {
+  REAL(bool (*)(const Notification*, Duration),
+       "_ZNK4absl7debian312Notification30WaitForNotificationWithTimeoutENS0_"
+       "8DurationE");
+  const bool notified = real(this, timeout);
+  if (notified) Acquire(this);
+  return notified;
+}
+
+bool Notification::WaitForNotificationWithDeadline(Time deadline) const {
+  REAL(bool (*)(const Notification*, Time),
+       "_ZNK4absl7debian312Notification31WaitForNotificationWithDeadlineENS0_"
+       "4TimeE");
+  const bool notified = real(this, deadline);
+  if (notified) Acquire(this);
+  return notified;
 }
 
 ABSL_NAMESPACE_END
