@@ -85,16 +85,28 @@ bool Filter::Matches(const v1::Generation& g) const {
   return true;
 }
 
-// All tracker state lives behind one mutex, mu_. Every change is applied
-// under mu_ in this order: store write, then the in-memory record, then the
-// event to the sinks (also under mu_, which keeps revision order per
-// generation). Upstream calls are made without mu_ held. Upstream callbacks
-// reach the Impl through a Guard: they hold its reader lock while they run,
-// and ~Impl takes the writer lock and clears the pointer, so it waits for
-// callbacks in progress and later ones do nothing.
+// All tracker state lives behind one mutex, mu_. Threads: RPC threads call
+// Create/Get/Cancel/Subscribe; the upstream's thread runs Submit/Poll
+// callbacks; the poller thread (or a test) runs RunDuePolls. Every result is
+// applied where it arrives, under mu_, in this order: store write, in-memory
+// record, event to the sinks (also under mu_, which keeps revision order per
+// generation). The store is expected to be fast; sinks must not block.
+// Upstream calls and Create's `done` run without mu_ held.
+//
+// Upstream callbacks reach the Impl through a Guard: ~Impl stops the poller,
+// then closes the Guard, which waits for callbacks in progress; later ones
+// do nothing. So the Upstream may outlive the Tracker and vice versa.
 //
 // Generations live in memory from creation until they become terminal; after
-// that they are read from the store (Get, Subscribe, request_id lookups).
+// that they are read from the store (Get, Subscribe, Cancel, request_id
+// lookups), so memory stays bounded by the active set. CountByState reports
+// active generations plus terminal transitions seen by this process.
+//
+// A failed store write: on Create the RPC gets the error and nothing is
+// submitted; on Cancel the RPC gets the error and nothing changes; on a poll
+// result the change is not applied and the poll is retried with backoff; on
+// the submit answer (the upstream job exists and its id lives only here) the
+// change is applied in memory anyway and the next write persists it.
 class Tracker::Impl {
  public:
   Impl(TrackerOptions options, upstream::Upstream* upstream,
