@@ -210,7 +210,12 @@ GenerationEvent RepresentativeEvent(GenerationEvent::Type type,
   return e;
 }
 
-int RunBareServer(int port) {
+int RunBareServer(int port, bool deadlock_detection) {
+  // Debian's Abseil is built with Mutex deadlock detection on, which costs a
+  // graph update per nested lock; a bare baseline should not pay for it.
+  absl::SetMutexDeadlockDetectionMode(deadlock_detection
+                                          ? absl::OnDeadlockCycle::kAbort
+                                          : absl::OnDeadlockCycle::kIgnore);
   sigset_t stop;
   sigemptyset(&stop);
   sigaddset(&stop, SIGTERM);

@@ -23,6 +23,7 @@ v1::GenerationEvent RepresentativeEvent(v1::GenerationEvent::Type type,
 // snapshot) and uses GetGeneration as its control call: id "broadcast:G"
 // sends one GENERATING update to every stream watching id G, and
 // "broadcast-final:G" a COMPLETED one, after which those streams end OK.
-int RunBareServer(int port);
+// `deadlock_detection` keeps Abseil's Mutex deadlock detection on.
+int RunBareServer(int port, bool deadlock_detection);
 
 }  // namespace videogen::bench

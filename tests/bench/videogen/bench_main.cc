@@ -28,6 +28,9 @@
 ABSL_FLAG(bool, bare_server, false,
           "run as the bare baseline server (internal; started by the bench)");
 ABSL_FLAG(int, port, 0, "--bare_server: port to listen on (0 picks one)");
+ABSL_FLAG(bool, bare_deadlock_detection, false,
+          "keep Abseil Mutex deadlock detection on in the bare server (it is "
+          "on by default in Debian's Abseil; for comparison runs)");
 ABSL_FLAG(std::string, server_bin, "",
           "videogen-server binary (default: <build>/server/videogen-server)");
 ABSL_FLAG(std::string, sim_bin, "",
@@ -97,6 +100,7 @@ int Run(int argc, char** argv) {
   if (paths.sim_bin.empty()) paths.sim_bin = build + "/server/sim/videogen-sim";
   const std::string out = absl::GetFlag(FLAGS_out);
   paths.log_dir = Dir(out) + "/logs";
+  paths.bare_deadlock_detection = absl::GetFlag(FLAGS_bare_deadlock_detection);
   if (std::system(absl::StrCat("mkdir -p '", paths.log_dir, "'").c_str()) !=
       0) {
     std::fprintf(stderr, "cannot create %s\n", paths.log_dir.c_str());
@@ -185,7 +189,9 @@ int main(int argc, char** argv) {
       "  videogen-bench --out=build/bench/results.md --watchers=1000,10000");
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_bare_server)) {
-    return videogen::bench::RunBareServer(absl::GetFlag(FLAGS_port));
+    return videogen::bench::RunBareServer(
+        absl::GetFlag(FLAGS_port),
+        absl::GetFlag(FLAGS_bare_deadlock_detection));
   }
   curl_global_init(CURL_GLOBAL_DEFAULT);
   return videogen::bench::Run(argc, argv);

@@ -187,18 +187,33 @@ void RenderThroughput(const Report& rep, std::string& md) {
       "connection); each direct-POST thread keeps its own connection. Each "
       "run lasts the same time, one after the other.\n\n",
       md.substr(md.rfind("| call |")));
+  md += LoadRow("sim POST directly (libcurl, keep-alive)", t.direct_serial, 1,
+                "–");
+  md += LoadRow("CreateGeneration", t.create_serial, 1, "–");
   md += LoadRow("sim POST directly (libcurl, keep-alive)", t.direct,
                 t.concurrency, "–");
   md +=
       LoadRow("CreateGeneration", t.create, t.concurrency, Fixed(t.create_cpu));
   md += LoadRow("Generate (stream to the terminal event)", t.generate,
                 t.concurrency, Fixed(t.generate_cpu));
-  std::vector<int64_t> d = t.direct.latency_us, c = t.create.latency_us;
-  int64_t d50 = Percentile(d, 50), d99 = Percentile(d, 99);
-  int64_t c50 = Percentile(c, 50), c99 = Percentile(c, 99);
-  md += absl::StrCat(
-      "\nAdded latency of CreateGeneration over the direct POST: p50 ",
-      Fixed(Ms(c50 - d50)), " ms, p99 ", Fixed(Ms(c99 - d99)), " ms.\n");
+  md +=
+      "\nAdded latency of CreateGeneration over the direct POST to the "
+      "simulator: ";
+  for (const auto& [direct, create] :
+       {std::pair<const LoadResult*, const LoadResult*>{&t.direct_serial,
+                                                        &t.create_serial},
+        {&t.direct, &t.create}}) {
+    std::vector<int64_t> d = direct->latency_us, c = create->latency_us;
+    md += absl::StrCat(
+        direct == &t.direct ? "; at " : "at ",
+        direct == &t.direct ? t.concurrency : 1, " in flight p50 +",
+        Fixed(Ms(Percentile(c, 50) - Percentile(d, 50))), " ms, p99 +",
+        Fixed(Ms(Percentile(c, 99) - Percentile(d, 99))), " ms");
+  }
+  md += ". At 1 in flight this is the per-call cost; at " +
+        std::to_string(t.concurrency) +
+        " it includes queueing once the server's CPU is the limit (see calls/s "
+        "and server CPU s).\n";
   for (const auto& [name, r] :
        {std::pair<const char*, const LoadResult*>{"direct", &t.direct},
         {"CreateGeneration", &t.create},
@@ -308,7 +323,8 @@ bool Report::AnyFailure() const {
   if (!throughput.failure.empty() || !efficiency.failure.empty()) return true;
   if (throughput.ran &&
       (throughput.create.errors > 0 || throughput.generate.errors > 0 ||
-       throughput.direct.errors > 0)) {
+       throughput.direct.errors > 0 || throughput.create_serial.errors > 0 ||
+       throughput.direct_serial.errors > 0)) {
     return true;
   }
   for (const auto& r : efficiency.rows) {

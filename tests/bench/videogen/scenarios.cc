@@ -206,9 +206,10 @@ WatchRun RunBareWatchers(const Paths& p, const WatchOptions& o, int n,
                          const std::vector<Change>& changes) {
   WatchRun run;
   Child bare;
-  absl::Status s =
-      bare.Start({p.self_bin, "--bare_server", "--port=0"}, {},
-                 LogPath(p, absl::StrCat("watchers-", n, "-bare")));
+  absl::Status s = bare.Start(
+      {p.self_bin, "--bare_server", "--port=0",
+       absl::StrCat("--bare_deadlock_detection=", p.bare_deadlock_detection)},
+      {}, LogPath(p, absl::StrCat("watchers-", n, "-bare")));
   if (!s.ok()) return Failed(run, s);
   auto line = bare.WaitForLine("bare_server listening on", absl::Seconds(15));
   if (!line.ok()) return Failed(run, line.status());
@@ -268,6 +269,8 @@ ThroughputResult RunThroughput(const Paths& p, int concurrency,
   // Warm-up: connections, allocator, sim threads.
   RunDirectHttpLoad(*sim_url, kSimKey, concurrency, absl::Milliseconds(300));
   RunCreateLoad(channel, concurrency, absl::Milliseconds(300));
+  r.direct_serial = RunDirectHttpLoad(*sim_url, kSimKey, 1, duration / 2);
+  r.create_serial = RunCreateLoad(channel, 1, duration / 2);
   r.direct = RunDirectHttpLoad(*sim_url, kSimKey, concurrency, duration);
   double cpu = CpuSeconds(server.pid());
   r.create = RunCreateLoad(channel, concurrency, duration);

@@ -16,6 +16,7 @@ struct Paths {
   std::string sim_bin;
   std::string self_bin;
   std::string log_dir;
+  bool bare_deadlock_detection = false;  // passed to the bare server
 };
 
 struct WatchOptions {
@@ -50,6 +51,8 @@ struct ThroughputResult {
   int concurrency = 0;
   LoadResult direct;
   LoadResult create;
+  LoadResult direct_serial;  // one call in flight: latency without queueing
+  LoadResult create_serial;
   LoadResult generate;
   double create_cpu = 0;  // server CPU seconds during the create run
   double generate_cpu = 0;
