@@ -377,9 +377,15 @@ int Run() {
     api::DescribeVideogenMetrics(m);
     m.AddCollector([&registry, t = tracker.get()](api::Metrics& m) {
       m.Set("videogen_open_streams", {}, registry.size());
-      for (const auto& [state, n] : t->CountByState()) {
+      // Every state each time, so a count that drops to zero shows zero.
+      const auto counts = t->CountByState();
+      for (int s = v1::Generation::STATE_QUEUED;
+           s <= v1::Generation::STATE_CANCELLED; ++s) {
+        auto state = static_cast<v1::Generation::State>(s);
+        auto it = counts.find(state);
         m.Set("videogen_generations",
-              {{"state", v1::Generation::State_Name(state)}}, n);
+              {{"state", v1::Generation::State_Name(state)}},
+              it == counts.end() ? 0 : it->second);
       }
     });
     metrics = std::make_unique<MetricsServer>();

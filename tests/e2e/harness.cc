@@ -158,8 +158,12 @@ Server StartServer(const std::string& sim_url,
     throw std::runtime_error("videogen-server did not start: " +
                              s.process->Stderr());
   }
-  s.channel =
-      grpc::CreateChannel(s.address, grpc::InsecureChannelCredentials());
+  // A private subchannel pool: a restarted server on the same port must not
+  // inherit the dead process's connection from the global pool.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  s.channel = grpc::CreateCustomChannel(
+      s.address, grpc::InsecureChannelCredentials(), args);
   s.stub = v1::VideoGeneration::NewStub(s.channel);
   return s;
 }

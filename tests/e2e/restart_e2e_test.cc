@@ -80,6 +80,10 @@ void KillAndRestartCompletes(const std::vector<std::string>& sim_flags,
   server.process->Wait(absl::Seconds(5));
   Server restarted = StartDurable(sim, dir, server.port);
   ExpectResumeCompletes(restarted, g.id(), seen);
+  if (::testing::Test::HasFailure()) {
+    ADD_FAILURE() << "restarted server stderr:\n"
+                  << restarted.process->Stderr();
+  }
   EXPECT_EQ(sim.Stats()["submits"].get<int64_t>(), 1);
 }
 
