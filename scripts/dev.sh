@@ -18,7 +18,7 @@ APT_PACKAGES=(
   libabsl-dev libcurl4-openssl-dev nlohmann-json3-dev libgtest-dev libgmock-dev
   libsqlite3-dev sqlite3 libcpp-httplib-dev libcli11-dev libspdlog-dev
   python3-grpcio python3-protobuf clang-format
-  wrk yamllint prometheus tmux bsdutils procps
+  wrk yamllint python3-yaml prometheus tmux bsdutils procps openssl
 )
 
 log() { printf '\033[1m[dev]\033[0m %s\n' "$*" >&2; }
