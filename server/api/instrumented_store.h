@@ -10,6 +10,20 @@
 #include "server/store/store.h"
 
 namespace videogen::api {
+namespace internal {
+
+// Runs `f` and records how long it took as a store write of kind `op`.
+template <typename F>
+auto TimedStoreWrite(const char* op, F f) {
+  const absl::Time start = absl::Now();
+  auto result = f();
+  Metrics::Global().Observe("videogen_store_write_duration_seconds",
+                            {{"op", op}},
+                            absl::ToDoubleSeconds(absl::Now() - start));
+  return result;
+}
+
+}  // namespace internal
 
 // Times every durable write of the wrapped store
 // (videogen_store_write_duration_seconds). Thread-safe as the wrapped store.
@@ -19,10 +33,12 @@ class InstrumentedStore final : public store::Store {
       : inner_(std::move(inner)) {}
 
   absl::Status Put(const store::Record& record) override {
-    return Timed("put", [&] { return inner_->Put(record); });
+    return internal::TimedStoreWrite("put",
+                                     [&] { return inner_->Put(record); });
   }
   absl::Status Delete(std::string_view id) override {
-    return Timed("delete", [&] { return inner_->Delete(id); });
+    return internal::TimedStoreWrite("delete",
+                                     [&] { return inner_->Delete(id); });
   }
   absl::StatusOr<std::optional<store::Record>> Get(
       std::string_view id) override {
@@ -39,20 +55,11 @@ class InstrumentedStore final : public store::Store {
     return inner_->List(q);
   }
   absl::StatusOr<int64_t> PurgeTerminalBefore(absl::Time cutoff) override {
-    return Timed("purge", [&] { return inner_->PurgeTerminalBefore(cutoff); });
+    return internal::TimedStoreWrite(
+        "purge", [&] { return inner_->PurgeTerminalBefore(cutoff); });
   }
 
  private:
-  template <typename F>
-  auto Timed(const char* op, F f) {
-    const absl::Time start = absl::Now();
-    auto result = f();
-    Metrics::Global().Observe("videogen_store_write_duration_seconds",
-                              {{"op", op}},
-                              absl::ToDoubleSeconds(absl::Now() - start));
-    return result;
-  }
-
   std::unique_ptr<store::Store> inner_;
 };
 
