@@ -55,9 +55,11 @@ WatchFigures Figures(const WatchRun& run) {
   f.p50 = Percentile(lat, 50);
   f.p99 = Percentile(lat, 99);
   f.max = lat.empty() ? 0 : lat.back();
-  if (run.result.streams > 0 && run.rss_attached > 0 && run.rss_before > 0) {
+  // Streams add up over repeats; RSS figures are means over them.
+  const int64_t streams = run.result.streams / std::max(1, run.runs);
+  if (streams > 0 && run.rss_attached > 0 && run.rss_before > 0) {
     f.kb_per_stream = static_cast<double>(run.rss_attached - run.rss_before) /
-                      1024.0 / static_cast<double>(run.result.streams);
+                      1024.0 / static_cast<double>(streams);
   }
   if (run.result.updates > 0) {
     f.avg_update_bytes = static_cast<double>(run.result.update_bytes) /
@@ -81,30 +83,31 @@ std::string WatchRow(int n, const char* name, const WatchRun& run,
                      const WatchFigures& f) {
   if (!run.ran) {
     return absl::StrCat("| ", n, " | ", name, " | did not run: ", run.failure,
-                        " |||||||||||||\n");
+                        " ||||||||||||||\n");
   }
   const WatchResult& r = run.result;
   std::string attach = r.attach_time == absl::InfiniteDuration()
                            ? absl::StrCat("incomplete (", r.attached, ")")
                            : Fixed(absl::ToDoubleSeconds(r.attach_time), 1);
-  return absl::StrCat("| ", n, " | ", name, " | ", r.channels, " | ", attach,
-                      " | ", Mb(run.rss_before), " | ", Mb(run.rss_attached),
-                      " | ", Fixed(f.kb_per_stream, 1), " | ", Mb(run.rss_peak),
-                      " | ", Fixed(Ms(f.p50)), " | ", Fixed(Ms(f.p99)), " | ",
-                      Fixed(Ms(f.max)), " | ", r.updates, " (min ",
-                      r.min_updates, "/stream) | ", Fixed(run.cpu_seconds),
-                      " | ", r.errors, " |\n");
+  return absl::StrCat("| ", n, " | ", name, " | ", run.runs, " | ", r.channels,
+                      " | ", attach, " | ", Mb(run.rss_before), " | ",
+                      Mb(run.rss_attached), " | ", Fixed(f.kb_per_stream, 1),
+                      " | ", Mb(run.rss_peak), " | ", Fixed(Ms(f.p50)), " | ",
+                      Fixed(Ms(f.p99)), " | ", Fixed(Ms(f.max)), " | ",
+                      r.updates, " (min ", r.min_updates, "/stream) | ",
+                      Fixed(run.cpu_seconds), " | ", r.errors, " |\n");
 }
 
 void RenderWatchers(const Report& rep, std::string& md) {
   if (rep.watchers.empty()) return;
   md += "\n## 1–2. Watchers: videogen against a bare gRPC server\n\n";
   md +=
-      "| watchers | server | conns | attach s | RSS before MB | RSS attached "
+      "| watchers | server | runs | conns | attach s | RSS before MB | RSS "
+      "attached "
       "MB | RSS KB/stream | peak RSS MB | fan-out p50 ms | p99 ms | max ms "
       "| UPDATEs received | server CPU s | errors |\n"
       "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
-      "|\n";
+      "|---:|\n";
   std::string notes;
   if (rep.watch_options.generations > 0) {
     const WatchOptions& o = rep.watch_options;
@@ -117,7 +120,9 @@ void RenderWatchers(const Report& rep, std::string& md) {
             "--poll_interval=%s --heartbeat_interval=15s`. RSS per stream = "
             "(RSS right after the last attach − RSS before the first) / "
             "watchers. CPU = server user+system seconds from before the "
-            "first attach to the last stream's end.\n\n",
+            "first attach to the last stream's end. When runs > 1 the runs are "
+            "pooled: UPDATEs, errors and latency samples add up, RSS and CPU "
+            "are means, peak RSS and attach time are maxima.\n\n",
             o.generations, o.streams_per_channel,
             absl::FormatDuration(o.generating_for),
             absl::FormatDuration(o.poll_interval)),
@@ -128,7 +133,7 @@ void RenderWatchers(const Report& rep, std::string& md) {
     md += WatchRow(p.n, "videogen", p.videogen, v);
     md += WatchRow(p.n, "bare", p.bare, b);
     if (v.ran && b.ran) {
-      md += absl::StrCat("| ", p.n, " | **ratio** | | | | | **",
+      md += absl::StrCat("| ", p.n, " | **ratio** | | | | | | **",
                          Ratio(v.kb_per_stream, b.kb_per_stream), "** | | **",
                          Ratio(v.p50, b.p50), "** | **", Ratio(v.p99, b.p99),
                          "** | ", Ratio(v.max, b.max), " | | ",
@@ -143,6 +148,15 @@ void RenderWatchers(const Report& rep, std::string& md) {
           p.n, v.avg_update_bytes, b.avg_update_bytes,
           absl::FormatDuration(p.queued_for), p.videogen.result.late,
           p.bare.result.late, Rounds(p.videogen.result), Rounds(p.bare.result));
+      if (p.p99_us.size() > 1) {
+        notes += absl::StrCat("  Runs pooled: ", p.p99_us.size(),
+                              "; p99 per run, videogen / bare:");
+        for (const auto& [vp, bp] : p.p99_us) {
+          notes += absl::StrCat(" ", Fixed(Ms(vp), 1), " / ", Fixed(Ms(bp), 1),
+                                " ms (", Ratio(vp, bp), ");");
+        }
+        notes += "\n";
+      }
     }
     for (const WatchRun* r : {&p.videogen, &p.bare}) {
       if (r->ran && !r->result.first_error.empty()) {

@@ -171,8 +171,44 @@ WatchRun RunVideogenWatchers(const Paths& p, const WatchOptions& o, int n) {
   LogChanges("videogen", run.result);
   run.rss_peak = PeakRssBytes(server.pid());
   run.ran = true;
+  run.runs = 1;
   return run;
 }
+
+void Merge(WatchRun& into, const WatchRun& from) {
+  if (!from.ran) {
+    if (into.failure.empty()) into.failure = from.failure;
+    return;
+  }
+  if (!into.ran) {
+    into = from;
+    return;
+  }
+  const int64_t n = into.runs;
+  auto mean = [n](int64_t a, int64_t b) { return (a * n + b) / (n + 1); };
+  into.rss_before = mean(into.rss_before, from.rss_before);
+  into.rss_attached = mean(into.rss_attached, from.rss_attached);
+  into.rss_peak = std::max(into.rss_peak, from.rss_peak);
+  into.cpu_seconds = (into.cpu_seconds * n + from.cpu_seconds) / (n + 1);
+  WatchResult& r = into.result;
+  const WatchResult& f = from.result;
+  r.streams += f.streams;
+  r.attached += f.attached;
+  r.late += f.late;
+  r.finished_ok += f.finished_ok;
+  r.errors += f.errors;
+  if (r.first_error.empty()) r.first_error = f.first_error;
+  r.updates += f.updates;
+  r.update_bytes += f.update_bytes;
+  r.min_updates = std::min(r.min_updates, f.min_updates);
+  r.attach_time = std::max(r.attach_time, f.attach_time);
+  r.latency_us.insert(r.latency_us.end(), f.latency_us.begin(),
+                      f.latency_us.end());
+  r.changes.insert(r.changes.end(), f.changes.begin(), f.changes.end());
+  ++into.runs;
+}
+
+namespace {
 
 // Group ids as long as videogen's generation ids (22 characters), so the
 // bare server's events have the same size.
@@ -201,6 +237,8 @@ std::vector<Change> BareSchedule(const std::vector<Change>& changes, int groups,
   }
   return out;
 }
+
+}  // namespace
 
 WatchRun RunBareWatchers(const Paths& p, const WatchOptions& o, int n,
                          const std::vector<Change>& changes) {
@@ -248,6 +286,7 @@ WatchRun RunBareWatchers(const Paths& p, const WatchOptions& o, int n,
   LogChanges("bare", run.result);
   run.rss_peak = PeakRssBytes(bare.pid());
   run.ran = true;
+  run.runs = 1;
   return run;
 }
 

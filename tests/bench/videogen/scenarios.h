@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -30,6 +31,7 @@ struct WatchOptions {
 // One server's side of the watchers scenario.
 struct WatchRun {
   bool ran = false;
+  int runs = 0;         // repeats merged into this one (see Merge)
   std::string failure;  // why it did not run, when !ran
   WatchResult result;
   int64_t rss_before = -1;    // bytes, before any watcher
@@ -41,6 +43,7 @@ struct WatchRun {
 struct WatchPair {
   int n = 0;
   absl::Duration queued_for;
+  std::vector<std::pair<int64_t, int64_t>> p99_us;  // per run: videogen, bare
   WatchRun videogen;
   WatchRun bare;
 };
@@ -72,6 +75,10 @@ struct EfficiencyResult {
   absl::Duration poll_interval;
   std::vector<EfficiencyRow> rows;
 };
+
+// Adds a repeat of the same run: streams, counts and latency samples add up;
+// RSS and CPU become means over the runs, peak RSS and attach time maxima.
+void Merge(WatchRun& into, const WatchRun& from);
 
 WatchRun RunVideogenWatchers(const Paths& paths, const WatchOptions& o, int n);
 // Replays `changes` (videogen's, from the same run) against the bare
