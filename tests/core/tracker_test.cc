@@ -405,6 +405,34 @@ TEST_F(TrackerTest, GeneratingToFailedCarriesTheUpstreamError) {
   EXPECT_EQ((*got)->revision(), 3);
 }
 
+TEST_F(TrackerTest, QueuedToFailedAndGeneratingToCancelled) {
+  GenerationPtr a = MustCreate(Request());
+  GenerationPtr b = MustCreate(Request());
+  upstream_.PushPoll(Snap(TaskState::kFailed, "failed"));      // a
+  upstream_.PushPoll(Snap(TaskState::kGenerating, "active"));  // b
+  Step(kInitialDelay);
+  auto got_a = tracker_->Get(a->id());
+  ASSERT_TRUE(got_a.ok());
+  EXPECT_EQ((*got_a)->state(), v1::Generation::STATE_FAILED);
+  EXPECT_EQ((*got_a)->error().reason(), "UPSTREAM_TASK_ERROR");
+  EXPECT_THAT((*got_a)->error().message(), HasSubstr("failed"));
+  EXPECT_EQ((*tracker_->Get(b->id()))->state(),
+            v1::Generation::STATE_GENERATING);
+  absl::StatusOr<GenerationPtr> c = tracker_->Cancel(b->id());
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ((*c)->state(), v1::Generation::STATE_CANCELLED);
+  EXPECT_EQ((*c)->revision(), 3);
+  EXPECT_EQ((*c)->upstream_status(), "active");
+}
+
+TEST_F(TrackerTest, UnsetCfgScaleStaysUnsetUpstream) {
+  v1::GenerateRequest r = Request();
+  r.clear_cfg_scale();
+  MustCreate(r);
+  ASSERT_EQ(upstream_.submit_count(), 1);
+  EXPECT_FALSE(upstream_.submits()[0].cfg_scale.has_value());
+}
+
 TEST_F(TrackerTest, PollNotFoundFails) {
   GenerationPtr g = MustCreate(Request());
   upstream_.PushPoll(absl::NotFoundError("404 from upstream"));
