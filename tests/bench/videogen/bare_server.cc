@@ -4,9 +4,11 @@
 
 #include <atomic>
 #include <cstdio>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
+#include <thread>
 #include <unordered_set>
 
 #include "absl/strings/match.h"
@@ -134,9 +136,24 @@ int64_t Registry::Broadcast(const std::string& group, const EventPtr& event,
   return static_cast<int64_t>(streams.size());
 }
 
-// The bare service. Thread-safe (state lives in the registry).
+// The bare service. Broadcasts run on one thread of its own, as a timer or
+// videogen's upstream thread would run them, not on a gRPC thread (gRPC
+// batches writes started inside its own callbacks). Thread-safe: the queue
+// is guarded by mu_, streams live in the registry.
 class BareService : public v1::VideoGeneration::CallbackService {
  public:
+  explicit BareService(bool fanout_in_handler)
+      : fanout_in_handler_(fanout_in_handler),
+        broadcaster_([this] { BroadcastLoop(); }) {}
+
+  ~BareService() override {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    broadcaster_.join();
+  }
+
   grpc::ServerWriteReactor<GenerationEvent>* WatchGeneration(
       grpc::CallbackServerContext*,
       const v1::WatchGenerationRequest* request) override {
@@ -145,7 +162,7 @@ class BareService : public v1::VideoGeneration::CallbackService {
 
   grpc::ServerUnaryReactor* GetGeneration(
       grpc::CallbackServerContext* context,
-      const v1::GetGenerationRequest* request, Generation* response) override {
+      const v1::GetGenerationRequest* request, Generation*) override {
     auto* reactor = context->DefaultReactor();
     const std::string& id = request->id();
     bool final = absl::StartsWith(id, "broadcast-final:");
@@ -153,25 +170,60 @@ class BareService : public v1::VideoGeneration::CallbackService {
       reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "control"));
       return reactor;
     }
-    const std::string group = id.substr(id.find(':') + 1);
-    // Stamped before the fan-out, as videogen stamps the poll's answer.
-    GenerationEvent event = RepresentativeEvent(
-        GenerationEvent::TYPE_UPDATE,
-        final ? Generation::STATE_COMPLETED : Generation::STATE_GENERATING,
-        ++revision_);
-    event.mutable_generation()->set_id(group);
-    *event.mutable_observe_time() = Stamp(absl::Now());
-    int64_t n = registry_.Broadcast(
-        group, std::make_shared<const GenerationEvent>(std::move(event)),
-        final);
-    response->set_revision(n);
+    Job job{id.substr(id.find(':') + 1), final};
+    if (fanout_in_handler_) {
+      Broadcast(job);
+    } else {
+      absl::MutexLock lock(&mu_);
+      jobs_.push_back(std::move(job));
+    }
     reactor->Finish(grpc::Status::OK);
     return reactor;
   }
 
  private:
+  struct Job {
+    std::string group;
+    bool final = false;
+  };
+
+  void BroadcastLoop() {
+    while (true) {
+      Job job;
+      {
+        absl::MutexLock lock(&mu_);
+        auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+          return stop_ || !jobs_.empty();
+        };
+        mu_.Await(absl::Condition(&ready));
+        if (stop_) return;
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      Broadcast(job);
+    }
+  }
+
+  void Broadcast(const Job& job) {
+    // Stamped before the fan-out, as videogen stamps the poll's answer.
+    GenerationEvent event = RepresentativeEvent(
+        GenerationEvent::TYPE_UPDATE,
+        job.final ? Generation::STATE_COMPLETED : Generation::STATE_GENERATING,
+        ++revision_);
+    event.mutable_generation()->set_id(job.group);
+    *event.mutable_observe_time() = Stamp(absl::Now());
+    registry_.Broadcast(
+        job.group, std::make_shared<const GenerationEvent>(std::move(event)),
+        job.final);
+  }
+
+  const bool fanout_in_handler_;
   Registry registry_;
   std::atomic<int64_t> revision_{1};
+  absl::Mutex mu_;
+  std::deque<Job> jobs_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread broadcaster_;
 };
 
 }  // namespace
@@ -210,7 +262,7 @@ GenerationEvent RepresentativeEvent(GenerationEvent::Type type,
   return e;
 }
 
-int RunBareServer(int port, bool deadlock_detection) {
+int RunBareServer(int port, bool deadlock_detection, bool fanout_in_handler) {
   // Debian's Abseil is built with Mutex deadlock detection on, which costs a
   // graph update per nested lock; a bare baseline should not pay for it.
   absl::SetMutexDeadlockDetectionMode(deadlock_detection
@@ -222,7 +274,7 @@ int RunBareServer(int port, bool deadlock_detection) {
   sigaddset(&stop, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);  // before gRPC threads start
 
-  BareService service;
+  BareService service(fanout_in_handler);
   grpc::ServerBuilder builder;
   int bound = 0;
   builder.AddListeningPort(absl::StrCat("127.0.0.1:", port),

@@ -23,7 +23,9 @@ v1::GenerationEvent RepresentativeEvent(v1::GenerationEvent::Type type,
 // snapshot) and uses GetGeneration as its control call: id "broadcast:G"
 // sends one GENERATING update to every stream watching id G, and
 // "broadcast-final:G" a COMPLETED one, after which those streams end OK.
-// `deadlock_detection` keeps Abseil's Mutex deadlock detection on.
-int RunBareServer(int port, bool deadlock_detection);
+// Broadcasts run on a thread of the server's own unless `fanout_in_handler`
+// (then inside the control call, on a gRPC thread). `deadlock_detection`
+// keeps Abseil's Mutex deadlock detection on.
+int RunBareServer(int port, bool deadlock_detection, bool fanout_in_handler);
 
 }  // namespace videogen::bench

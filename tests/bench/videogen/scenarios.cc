@@ -246,7 +246,8 @@ WatchRun RunBareWatchers(const Paths& p, const WatchOptions& o, int n,
   Child bare;
   absl::Status s = bare.Start(
       {p.self_bin, "--bare_server", "--port=0",
-       absl::StrCat("--bare_deadlock_detection=", p.bare_deadlock_detection)},
+       absl::StrCat("--bare_deadlock_detection=", p.bare_deadlock_detection),
+       absl::StrCat("--bare_fanout_in_handler=", p.bare_fanout_in_handler)},
       {}, LogPath(p, absl::StrCat("watchers-", n, "-bare")));
   if (!s.ok()) return Failed(run, s);
   auto line = bare.WaitForLine("bare_server listening on", absl::Seconds(15));

@@ -18,6 +18,7 @@ struct Paths {
   std::string self_bin;
   std::string log_dir;
   bool bare_deadlock_detection = false;  // passed to the bare server
+  bool bare_fanout_in_handler = false;   // passed to the bare server
 };
 
 struct WatchOptions {
