@@ -323,6 +323,10 @@ core::TrackerOptions TrackerFlags() {
   o.poll_initial_delay = absl::GetFlag(FLAGS_poll_initial_delay);
   o.poll_interval = absl::GetFlag(FLAGS_poll_interval);
   o.generation_deadline = absl::GetFlag(FLAGS_generation_deadline);
+  o.on_poll_lag = [](absl::Duration lag) {
+    api::Metrics::Global().Observe("videogen_poll_lag_seconds", {},
+                                   absl::ToDoubleSeconds(lag));
+  };
   return o;
 }
 

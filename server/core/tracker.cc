@@ -33,7 +33,11 @@ std::string NewId() {
   thread_local absl::BitGen gen;  // seeded from the OS entropy source
   char bytes[16];
   for (char& b : bytes) b = static_cast<char>(absl::Uniform<uint8_t>(gen));
-  return absl::WebSafeBase64Escape(absl::string_view(bytes, sizeof(bytes)));
+  std::string id =
+      absl::WebSafeBase64Escape(absl::string_view(bytes, sizeof(bytes)));
+  // Command-line parsers read a leading '-' as a flag; keep ids arg-safe.
+  if (id[0] == '-') id[0] = 'A' + (static_cast<uint8_t>(bytes[1]) % 26);
+  return id;
 }
 
 upstream::SubmitRequest ToSubmit(const v1::GenerateRequest& r,
@@ -183,6 +187,7 @@ class Tracker::Impl {
     std::vector<CreateCallback> waiters;  // Creates waiting for that submit
     bool poll_in_flight = false;
     uint64_t poll_token = 0;  // matches the callback of the poll in flight
+    absl::Time due = absl::InfinitePast();  // when the next poll should run
     absl::Duration backoff = absl::ZeroDuration();
     std::map<uint64_t, std::shared_ptr<EventSink>> sinks;
   };
@@ -229,7 +234,7 @@ class Tracker::Impl {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Drops a terminal generation from memory with its subscriptions.
   void EvictLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ScheduleLocked(const std::string& id, const Entry& e, absl::Time due)
+  void ScheduleLocked(const std::string& id, Entry& e, absl::Time due)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void BackoffLocked(const std::string& id, Entry& e, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -604,10 +609,11 @@ absl::Duration Tracker::Impl::JitteredLocked(absl::Duration d) {
   return d * dist(jitter_rng_);
 }
 
-void Tracker::Impl::ScheduleLocked(const std::string& id, const Entry& e,
+void Tracker::Impl::ScheduleLocked(const std::string& id, Entry& e,
                                    absl::Time due) {
   // Never sleep past the deadline: the deadline check runs at poll time.
   due = std::min(due, e.record.deadline);
+  e.due = due;
   schedule_.Schedule(id, due);
   if (due < poller_wake_) poller_cv_.Signal();
 }
@@ -627,6 +633,7 @@ absl::Time Tracker::Impl::RunDuePolls() {
     uint64_t token;
   };
   std::vector<Due> due;
+  std::vector<absl::Duration> lags;
   {
     absl::MutexLock lock(&mu_);
     const absl::Time now = clock_->Now();
@@ -641,10 +648,14 @@ absl::Time Tracker::Impl::RunDuePolls() {
       }
       e.poll_in_flight = true;
       e.poll_token = next_poll_token_++;
+      lags.push_back(now - e.due);
       due.push_back(Due{{e.record.generation.upstream_id(), id, e.traceparent},
                         id,
                         e.poll_token});
     }
+  }
+  if (options_.on_poll_lag) {
+    for (absl::Duration lag : lags) options_.on_poll_lag(lag);
   }
   for (Due& d : due) {
     upstream_->Poll(std::move(d.request),

@@ -41,6 +41,9 @@ struct TrackerOptions {
   absl::Duration error_backoff_max = absl::Seconds(60);
   absl::Duration generation_deadline = absl::Minutes(30);
   uint64_t seed = 0;  // 0 = random
+  // Called from the poller with how late each poll starts against its
+  // schedule (for metrics). Must be cheap and thread-safe.
+  std::function<void(absl::Duration)> on_poll_lag;
 };
 
 // Filter for firehose subscriptions and listings.

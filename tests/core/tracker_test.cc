@@ -170,6 +170,26 @@ TEST_F(TrackerTest, IdsAreUnique) {
   EXPECT_EQ(ids.size(), 200u);
 }
 
+// A leading '-' makes `videogen watch ID` parse the id as a flag. 1 in 64
+// random ids would start with it, so 1,000 ids exercise the guard.
+TEST_F(TrackerTest, IdsNeverStartWithADash) {
+  for (int i = 0; i < 1000; ++i) {
+    const std::string id = MustCreate(Request())->id();
+    ASSERT_NE(id.front(), '-') << id;
+  }
+}
+
+TEST_F(TrackerTest, PollLagIsReportedAgainstTheSchedule) {
+  std::vector<absl::Duration> lags;
+  TrackerOptions options = Options();
+  options.on_poll_lag = [&](absl::Duration lag) { lags.push_back(lag); };
+  Restart(options);
+  MustCreate(Request());
+  Step(kInitialDelay + absl::Seconds(3));  // the poller ran 3 s late
+  ASSERT_EQ(lags.size(), 1u);
+  EXPECT_EQ(lags[0], absl::Seconds(3));
+}
+
 TEST_F(TrackerTest, IntentIsStoredBeforeTheSubmitAnswers) {
   upstream_.HoldSubmits();
   bool called = false;

@@ -72,7 +72,7 @@ TEST(OpsE2eTest, MetricsPassPromtoolAndStateGaugeMoves) {
         "videogen_upstream_request_duration_seconds_bucket{",
         "videogen_fanout_latency_seconds_bucket{",
         "videogen_store_write_duration_seconds_bucket{",
-        "videogen_poll_lag_seconds", "videogen_upstream_retries_total",
+        "videogen_poll_lag_seconds_bucket{", "videogen_upstream_retries_total",
         "videogen_upstream_faults_total"}) {
     EXPECT_NE(after.find(family), std::string::npos) << family;
   }
