@@ -167,6 +167,12 @@ void RenderWatchers(const Report& rep, std::string& md) {
     }
   }
   md += "\n" + notes;
+  md +=
+      "- Fewer than 2 UPDATEs for some streams with fewer rounds than 2 per "
+      "generation means a poll saw a job go from queued straight to "
+      "completed (the server was busy longer than the sim's generating "
+      "phase); the bare server replays the same rounds. Per-round tails "
+      "are printed on stderr (`[bench] ... change ...`).\n";
 }
 
 std::string LoadRow(const std::string& name, const LoadResult& r,
