@@ -18,11 +18,13 @@ void Metrics::Describe(const std::string& name, Type type,
   f.type = type;
   f.help = help;
   f.buckets = std::move(buckets);
+  enabled_.store(true, std::memory_order_relaxed);
   // Unlabelled families show up at zero from the first scrape.
   if (type != Type::kHistogram) f.series.try_emplace(Labels{});
 }
 
 void Metrics::Add(const std::string& name, const Labels& labels, double delta) {
+  if (!enabled_.load(std::memory_order_relaxed)) return;
   absl::MutexLock lock(&mu_);
   auto it = families_.find(name);
   if (it == families_.end()) return;
@@ -31,6 +33,7 @@ void Metrics::Add(const std::string& name, const Labels& labels, double delta) {
 }
 
 void Metrics::Set(const std::string& name, const Labels& labels, double value) {
+  if (!enabled_.load(std::memory_order_relaxed)) return;
   absl::MutexLock lock(&mu_);
   auto it = families_.find(name);
   if (it == families_.end()) return;
@@ -40,6 +43,7 @@ void Metrics::Set(const std::string& name, const Labels& labels, double value) {
 
 void Metrics::Observe(const std::string& name, const Labels& labels,
                       double value) {
+  if (!enabled_.load(std::memory_order_relaxed)) return;
   absl::MutexLock lock(&mu_);
   auto it = families_.find(name);
   if (it == families_.end()) return;

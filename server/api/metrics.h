@@ -1,5 +1,6 @@
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -48,6 +49,9 @@ class Metrics {
   std::string Render();
 
  private:
+  // False until a family is described (--metrics_listen set): recording is
+  // then a single atomic load, so hot paths pay nothing with metrics off.
+  std::atomic<bool> enabled_{false};
   absl::Mutex mu_;
   std::map<std::string, Family> families_ ABSL_GUARDED_BY(mu_);
   std::vector<std::function<void(Metrics&)>> collectors_ ABSL_GUARDED_BY(mu_);

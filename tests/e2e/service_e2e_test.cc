@@ -262,18 +262,51 @@ TEST_F(ServiceE2eTest, GetListWithPaginationAndCancel) {
   EXPECT_EQ(listed, ids);
   EXPECT_GE(pages, 3);
 
-  // Cancel.
+  // Cancel a fresh generation: the sim keeps it queued for 300 ms, so it
+  // cannot be terminal yet.
+  Generation fresh = Create(SimpleRequest("to cancel"));
   grpc::ClientContext cancel_ctx;
   v1::CancelGenerationRequest cancel;
-  cancel.set_id(*ids.begin());
+  cancel.set_id(fresh.id());
   Generation cancelled;
   ASSERT_TRUE(
       server_.stub->CancelGeneration(&cancel_ctx, cancel, &cancelled).ok());
-  EXPECT_TRUE(cancelled.state() == Generation::STATE_CANCELLED ||
-              cancelled.done());
+  EXPECT_EQ(cancelled.state(), Generation::STATE_CANCELLED);
+  EXPECT_TRUE(cancelled.done());
+  EXPECT_GT(cancelled.revision(), fresh.revision());
   grpc::ClientContext get2;
+  get.set_id(fresh.id());
   ASSERT_TRUE(server_.stub->GetGeneration(&get2, get, &got).ok());
-  EXPECT_EQ(got.state(), cancelled.state());
+  EXPECT_EQ(got.state(), Generation::STATE_CANCELLED);
+  // A watcher of a cancelled generation gets its snapshot and the stream ends.
+  grpc::ClientContext watch_ctx;
+  v1::WatchGenerationRequest watch;
+  watch.set_id(fresh.id());
+  auto reader = server_.stub->WatchGeneration(&watch_ctx, watch);
+  StreamResult r = ReadAll(reader.get());
+  ASSERT_TRUE(r.status.ok());
+  ASSERT_FALSE(r.events.empty());
+  EXPECT_EQ(r.events.back().generation().state(), Generation::STATE_CANCELLED);
+}
+
+TEST(ServiceE2eHeartbeat, IdleStreamGetsHeartbeatsWithTheCurrentRevision) {
+  Sim slow = StartSim({"--queued_for=60s"});
+  Server server = StartServer(slow.url, {"--heartbeat_interval=200ms"});
+  grpc::ClientContext ctx;  // without heartbeats the reads below time out
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto reader = server.stub->Generate(&ctx, SimpleRequest());
+  GenerationEvent snapshot;
+  ASSERT_TRUE(reader->Read(&snapshot));
+  ASSERT_EQ(snapshot.type(), GenerationEvent::TYPE_SNAPSHOT);
+  for (int i = 0; i < 2; ++i) {
+    GenerationEvent beat;
+    ASSERT_TRUE(reader->Read(&beat));
+    EXPECT_EQ(beat.type(), GenerationEvent::TYPE_HEARTBEAT);
+    EXPECT_EQ(beat.generation().id(), snapshot.generation().id());
+    EXPECT_EQ(beat.generation().revision(), snapshot.generation().revision());
+  }
+  ctx.TryCancel();
+  reader->Finish();
 }
 
 TEST_F(ServiceE2eTest, EveryValidationErrorHasItsCode) {
