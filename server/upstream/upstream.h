@@ -5,6 +5,10 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <memory>
+#include <vector>
+
+#include "absl/time/time.h"
 
 #include "absl/status/statusor.h"
 
@@ -36,6 +40,10 @@ struct SubmitRequest {
 struct SubmitResult {
   std::string upstream_id;  // opaque, may contain ':' and '/'
   std::string status;       // raw status string, usually "queued"
+  // From the `x-aimlapi-credits-used` / `x-aimlapi-usd-spent` headers; 0
+  // when absent.
+  int64_t credits_used = 0;
+  double usd_spent = 0;
 };
 
 struct PollRequest {
@@ -68,22 +76,87 @@ struct Snapshot {
   std::optional<TaskError> error;
 };
 
+// One page of the usage log query (design.md §1, GET /v2/logs).
+struct LogQuery {
+  absl::Time start;
+  absl::Time end;
+  std::vector<std::string> models;  // repeated `model=`; empty = all
+  int limit = 100;
+  int offset = 0;
+};
+
+struct LogRow {
+  std::string created;  // ISO 8601 as the upstream sent it
+  std::string status;
+  std::string model;
+  std::string request_id;
+  std::string inference_id;       // the async job's id
+  std::string client_request_id;  // our X-Client-Request-Id; "" when null
+  double cost_usd = 0;
+  int64_t cost_credits = 0;
+};
+
+struct LogPage {
+  std::vector<LogRow> rows;  // newest first
+  int64_t total = 0;
+  bool has_more = false;
+};
+
+// Lets the caller record "the POST is about to leave" durably before it
+// does. Exactly one of Send or Abandon must be called, from any thread.
+class SubmitGate {
+ public:
+  virtual ~SubmitGate() = default;
+  // Sends the POST now. Its answer reaches the SubmitCallback.
+  virtual void Send() = 0;
+  // Gives the slot back without sending; the SubmitCallback then runs with
+  // ABORTED.
+  virtual void Abandon() = 0;
+};
+
+using SubmitReadyCallback = std::function<void(std::shared_ptr<SubmitGate>)>;
 using SubmitCallback = std::function<void(absl::StatusOr<SubmitResult>)>;
 using PollCallback = std::function<void(absl::StatusOr<Snapshot>)>;
+using LogsCallback = std::function<void(absl::StatusOr<LogPage>)>;
+
+// How a failed submit ended, from its status code (design.md §5):
+//  - kNotCreated: the upstream refused it (INVALID_ARGUMENT 400,
+//    UNAUTHENTICATED 401, FAILED_PRECONDITION 403, RESOURCE_EXHAUSTED 429
+//    after retries), it provably never left (UNAVAILABLE: connect or DNS
+//    failure), or it was abandoned before sending (ABORTED, CANCELLED before
+//    the gate opened).
+//  - kMaybeCreated: UNKNOWN. A 5xx, a timeout, a reset after sending, a 2xx
+//    without an id, or a shutdown with the POST in flight: the job may exist
+//    and be billed; it must never be sent again.
+enum class SubmitOutcome { kNotCreated, kMaybeCreated };
+SubmitOutcome ClassifySubmitError(const absl::Status& status);
 
 // The AI/ML API as seen by the tracker. Asynchronous: calls return at once and
-// the callback runs later on the implementation's own thread, exactly once.
+// the callbacks run later on the implementation's own thread, exactly once.
 // Callbacks must be short and must not block. Errors are canonical
 // absl::Status codes (design.md §1): INVALID_ARGUMENT (400), UNAUTHENTICATED
 // (401), FAILED_PRECONDITION (403), NOT_FOUND (404 on poll),
 // RESOURCE_EXHAUSTED (429 after retries), UNAVAILABLE (5xx/connection after
-// retries), DEADLINE_EXCEEDED (timeouts). Messages never contain the API key.
-// Thread-safe: Submit and Poll may be called from any thread.
+// retries; for a submit only "never left"), DEADLINE_EXCEEDED (poll
+// timeouts), UNKNOWN (a submit that may have created a job).
+// Messages never contain the API key.
+// Thread-safe: every method may be called from any thread.
 class Upstream {
  public:
   virtual ~Upstream() = default;
-  virtual void Submit(SubmitRequest request, SubmitCallback done) = 0;
+  // Two phases, so the caller can record the intent right before the POST
+  // leaves and after the rate limiter and the in-flight cap let it go:
+  // `ready` runs when the request holds its slot; the caller then opens the
+  // gate (Send) or gives up (Abandon). `done` runs exactly once, also when
+  // the call is cancelled before `ready` (CANCELLED). A submit is sent at
+  // most once; it is retried only while provably not sent or refused with
+  // 429 (design.md §5).
+  virtual void Submit(SubmitRequest request, SubmitReadyCallback ready,
+                      SubmitCallback done) = 0;
   virtual void Poll(PollRequest request, PollCallback done) = 0;
+  // One page of the usage log. 429 answers RESOURCE_EXHAUSTED, and is not
+  // retried here: the reconciler owns its back-off.
+  virtual void ListLogs(LogQuery query, LogsCallback done) = 0;
 };
 
 }  // namespace videogen::upstream
