@@ -29,8 +29,24 @@ ABSL_FLAG(absl::Duration, slow_delay, absl::Seconds(3),
 ABSL_FLAG(int, retry_after, 1, "Retry-After seconds sent with 429 faults");
 ABSL_FLAG(std::vector<std::string>, fault, {},
           "ENDPOINT:KIND[:rate=R][:every=N], repeatable or comma-separated; "
-          "ENDPOINT create|poll|download, KIND 429|429nr|500|502|503|504|"
-          "slow|reset|malformed|odd");
+          "ENDPOINT create|poll|download|logs, KIND 429|429nr|500|502|503|"
+          "504|slow|reset|malformed|odd, or (create only; the job is made, "
+          "then the answer goes wrong) create_then_500|create_then_reset|"
+          "create_then_slow|create_2xx_no_id");
+ABSL_FLAG(int64_t, credits_per_second, 588000,
+          "credits a job costs per second of clip (x-aimlapi-credits-used)");
+ABSL_FLAG(double, usd_per_second, 0.28,
+          "USD a job costs per second of clip (x-aimlapi-usd-spent)");
+ABSL_FLAG(double, detail_error_share, 0,
+          "share of failed jobs whose error is {detail:[{loc,msg,type}]}");
+ABSL_FLAG(bool, usage_as_credits, false,
+          "completed answers report meta.usage.credits_used, not tokens_used");
+ABSL_FLAG(absl::Duration, logs_lag, absl::ZeroDuration(),
+          "delay before a job's row appears in GET /v2/logs");
+ABSL_FLAG(int, logs_rate_limit, 200,
+          "GET /v2/logs requests allowed per --logs_rate_window, then 429");
+ABSL_FLAG(absl::Duration, logs_rate_window, absl::Seconds(60),
+          "the rolling window of --logs_rate_limit");
 ABSL_FLAG(absl::Duration, keep_alive_timeout, absl::Seconds(5),
           "idle keep-alive connections are closed after this");
 ABSL_FLAG(uint64_t, seed, 1, "seed of job outcomes and fault draws");
@@ -98,6 +114,13 @@ int main(int argc, char** argv) {
   o.retry_after_seconds = absl::GetFlag(FLAGS_retry_after);
   o.seed = absl::GetFlag(FLAGS_seed);
   o.keep_alive_timeout = absl::GetFlag(FLAGS_keep_alive_timeout);
+  o.credits_per_second = absl::GetFlag(FLAGS_credits_per_second);
+  o.usd_per_second = absl::GetFlag(FLAGS_usd_per_second);
+  o.detail_error_share = absl::GetFlag(FLAGS_detail_error_share);
+  o.usage_as_credits = absl::GetFlag(FLAGS_usage_as_credits);
+  o.logs_lag = absl::GetFlag(FLAGS_logs_lag);
+  o.logs_rate_limit = absl::GetFlag(FLAGS_logs_rate_limit);
+  o.logs_rate_window = absl::GetFlag(FLAGS_logs_rate_window);
   for (const std::string& spec : absl::GetFlag(FLAGS_fault)) {
     absl::StatusOr<videogen::sim::FaultRule> rule =
         videogen::sim::ParseFaultRule(spec);

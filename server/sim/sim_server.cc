@@ -1,13 +1,18 @@
 #include "server/sim/sim_server.h"
 
+#include <dirent.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -35,8 +40,13 @@ using nlohmann::json;
 constexpr char kLegacyPath[] = "/v2/generate/video/kling/generation";
 constexpr char kNewPath[] = "/v2/video/generations";
 constexpr char kLegacySuffix[] = ":kling-video/v2/master/text-to-video";
+constexpr char kLogsPath[] = "/v2/logs";
 constexpr char kFilesRoute[] = "GET /files";
+constexpr char kDefaultModel[] = "klingai/v2-master-text-to-video";
 constexpr size_t kMaxPromptChars = 2500;
+constexpr int kMaxLogsLimit = 100;
+constexpr absl::Duration kMaxLogsWindow = absl::Hours(24 * 92);
+constexpr int64_t kTokensPerSecond = 24000;
 
 // One simulated upstream task. Its state is a function of the clock.
 struct Job {
@@ -45,6 +55,7 @@ struct Job {
   absl::Time created;
   int duration = 5;
   bool fails = false;
+  bool detail_error = false;  // fails with the {"detail":[...]} shape
 };
 
 enum class Phase { kQueued, kGenerating, kCompleted, kError };
@@ -171,6 +182,176 @@ bool IsHttpError(FaultKind kind) {
   }
 }
 
+// The faults that make the job and then spoil the answer.
+bool IsCreateOnly(FaultKind kind) {
+  switch (kind) {
+    case FaultKind::kCreateThen500:
+    case FaultKind::kCreateThenReset:
+    case FaultKind::kCreateThenSlow:
+    case FaultKind::kCreate2xxNoId:
+      return true;
+    default:
+      return false;
+  }
+}
+
+int PortOf(const sockaddr_storage& addr) {
+  if (addr.ss_family == AF_INET) {
+    return ntohs(reinterpret_cast<const sockaddr_in&>(addr).sin_port);
+  }
+  if (addr.ss_family == AF_INET6) {
+    return ntohs(reinterpret_cast<const sockaddr_in6&>(addr).sin6_port);
+  }
+  return -1;
+}
+
+// Drops the connection that carries `req` without a byte of answer, with a
+// TCP reset once cpp-httplib closes it. cpp-httplib gives handlers no socket,
+// so ours is found among the process's descriptors by its two ports (the
+// server's port and the client's). Closing is left to cpp-httplib: its next
+// write fails (SIGPIPE is ignored by httplib::Server) and it closes the
+// descriptor itself, so no descriptor is closed twice. Returns false when
+// the socket was not found.
+bool DropConnection(const httplib::Request& req, int server_port) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return false;
+  bool dropped = false;
+  while (dirent* entry = readdir(dir)) {
+    int fd = std::atoi(entry->d_name);
+    if (fd <= 2 || fd == dirfd(dir)) continue;
+    sockaddr_storage local{}, peer{};
+    socklen_t local_len = sizeof(local), peer_len = sizeof(peer);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0 ||
+        PortOf(local) != server_port ||
+        getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0 ||
+        PortOf(peer) != req.remote_port) {
+      continue;
+    }
+    linger reset{1, 0};  // close() then sends RST instead of FIN
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+    shutdown(fd, SHUT_RDWR);
+    dropped = true;
+    break;
+  }
+  closedir(dir);
+  return dropped;
+}
+
+// ISO 8601 as the usage log takes it: RFC 3339 with an offset or Z, the same
+// without a zone (UTC), or a bare date (midnight UTC).
+bool ParseIsoTime(const std::string& text, absl::Time* t) {
+  std::string err;
+  for (const char* format :
+       {"%Y-%m-%d%ET%H:%M:%E*S%Ez", "%Y-%m-%d%ET%H:%M:%E*S", "%Y-%m-%d"}) {
+    if (absl::ParseTime(format, text, absl::UTCTimeZone(), t, &err)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string IsoTime(absl::Time t) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", t, absl::UTCTimeZone());
+}
+
+// The query of one GET /v2/logs, validated.
+struct LogFilter {
+  absl::Time start;
+  absl::Time end;
+  std::set<std::string> models;    // empty: all
+  std::set<std::string> statuses;  // empty: all
+  int limit = kMaxLogsLimit;
+  int offset = 0;
+};
+
+// Parses the usage-log query like the upstream: `period` or both `start`
+// and `end`, at most 92 days; repeated `model`/`status` (a comma inside one
+// value is part of that value); `limit` 1..100 and `offset` >= 0.
+absl::StatusOr<LogFilter> ParseLogFilter(const httplib::Request& req,
+                                         absl::Time now) {
+  LogFilter f;
+  const bool has_start = req.has_param("start");
+  const bool has_end = req.has_param("end");
+  if (req.has_param("period")) {
+    if (has_start || has_end) {
+      return absl::InvalidArgumentError(
+          "use either period or start and end, not both");
+    }
+    const std::string period = req.get_param_value("period");
+    if (period == "24h") {
+      f.start = now - absl::Hours(24);
+    } else if (period == "7d") {
+      f.start = now - absl::Hours(24 * 7);
+    } else {
+      return absl::InvalidArgumentError("period must be one of 24h, 7d");
+    }
+    f.end = now;
+  } else {
+    if (!has_start || !has_end) {
+      return absl::InvalidArgumentError(
+          "either period or both start and end are required");
+    }
+    if (!ParseIsoTime(req.get_param_value("start"), &f.start)) {
+      return absl::InvalidArgumentError("start must be an ISO 8601 date");
+    }
+    if (!ParseIsoTime(req.get_param_value("end"), &f.end)) {
+      return absl::InvalidArgumentError("end must be an ISO 8601 date");
+    }
+    if (f.end < f.start) {
+      return absl::InvalidArgumentError("end must not be before start");
+    }
+    if (f.end - f.start > kMaxLogsWindow) {
+      return absl::InvalidArgumentError(
+          "the window between start and end must be at most 92 days");
+    }
+  }
+  for (size_t i = 0; i < req.get_param_value_count("model"); ++i) {
+    f.models.insert(req.get_param_value("model", i));
+  }
+  for (size_t i = 0; i < req.get_param_value_count("status"); ++i) {
+    std::string status = req.get_param_value("status", i);
+    if (status != "succeeded" && status != "failed") {
+      return absl::InvalidArgumentError(
+          "status must be one of succeeded, failed");
+    }
+    f.statuses.insert(std::move(status));
+  }
+  if (req.has_param("limit") &&
+      (!absl::SimpleAtoi(req.get_param_value("limit"), &f.limit) ||
+       f.limit < 1 || f.limit > kMaxLogsLimit)) {
+    return absl::InvalidArgumentError("limit must be an integer in 1..100");
+  }
+  if (req.has_param("offset") &&
+      (!absl::SimpleAtoi(req.get_param_value("offset"), &f.offset) ||
+       f.offset < 0)) {
+    return absl::InvalidArgumentError("offset must be an integer >= 0");
+  }
+  return f;
+}
+
+bool Matches(const LogFilter& f, const UsageRow& row) {
+  return row.created >= f.start && row.created <= f.end &&
+         (f.models.empty() || f.models.count(row.model) > 0) &&
+         (f.statuses.empty() || f.statuses.count(row.status) > 0);
+}
+
+json RowJson(const UsageRow& row) {
+  return {
+      {"created", IsoTime(row.created)},
+      {"status", row.status},
+      {"origin", row.origin},
+      {"model", row.model},
+      {"cost", {{"usd", row.cost_usd}, {"credits", row.cost_credits}}},
+      {"tokens",
+       {{"input", row.tokens_input},
+        {"output", row.tokens_output},
+        {"total", row.tokens_total}}},
+      {"request_id", row.request_id},
+      {"inference_id", row.inference_id},
+      {"client_request_id",
+       row.client_request_id ? json(*row.client_request_id) : json(nullptr)}};
+}
+
 // Serves `body` with its full Content-Length but writes only about half of
 // it, then fails the write: cpp-httplib closes the connection mid-response.
 void SetCutContent(httplib::Response& res, std::string body,
@@ -219,6 +400,14 @@ std::string FaultKindName(FaultKind kind) {
       return "malformed_json";
     case FaultKind::kOddStatus:
       return "odd_status";
+    case FaultKind::kCreateThen500:
+      return "create_then_500";
+    case FaultKind::kCreateThenReset:
+      return "create_then_reset";
+    case FaultKind::kCreateThenSlow:
+      return "create_then_slow";
+    case FaultKind::kCreate2xxNoId:
+      return "create_2xx_no_id";
   }
   return "unknown";
 }
@@ -236,16 +425,19 @@ absl::StatusOr<FaultRule> ParseFaultRule(absl::string_view spec) {
     rule.endpoint = Endpoint::kPoll;
   } else if (parts[0] == "download") {
     rule.endpoint = Endpoint::kDownload;
+  } else if (parts[0] == "logs") {
+    rule.endpoint = Endpoint::kLogs;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "fault \"", spec, "\": endpoint must be create, poll or download"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("fault \"", spec,
+                     "\": endpoint must be create, poll, download or logs"));
   }
   static const std::pair<const char*, FaultKind> kAliases[] = {
       {"429nr", FaultKind::k429NoRetryAfter},
       {"malformed", FaultKind::kMalformedJson},
       {"odd", FaultKind::kOddStatus}};
   bool found = false;
-  for (int k = 0; k <= static_cast<int>(FaultKind::kOddStatus); ++k) {
+  for (int k = 0; k <= static_cast<int>(FaultKind::kCreate2xxNoId); ++k) {
     if (parts[1] == FaultKindName(static_cast<FaultKind>(k))) {
       rule.kind = static_cast<FaultKind>(k);
       found = true;
@@ -260,6 +452,10 @@ absl::StatusOr<FaultRule> ParseFaultRule(absl::string_view spec) {
   if (!found) {
     return absl::InvalidArgumentError(
         absl::StrCat("fault \"", spec, "\": unknown kind ", parts[1]));
+  }
+  if (IsCreateOnly(rule.kind) && rule.endpoint != Endpoint::kCreate) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "fault \"", spec, "\": ", parts[1], " applies to create only"));
   }
   for (size_t i = 2; i < parts.size(); ++i) {
     std::pair<std::string, std::string> kv = absl::StrSplit(parts[i], '=');
@@ -318,6 +514,14 @@ class SimServer::Impl {
     absl::MutexLock lock(&mu_);
     faults_ = std::move(faults);
   }
+  void AddUsageRow(UsageRow row) {
+    absl::MutexLock lock(&mu_);
+    rows_.push_back(std::move(row));
+  }
+  std::vector<UsageRow> UsageRows() const {
+    absl::MutexLock lock(&mu_);
+    return rows_;
+  }
 
  private:
   void Routes();
@@ -326,7 +530,20 @@ class SimServer::Impl {
   void HandlePoll(const httplib::Request& req, httplib::Response& res,
                   bool legacy);
   void HandleFile(const httplib::Request& req, httplib::Response& res);
+  void HandleLogs(const httplib::Request& req, httplib::Response& res);
   void HandleStats(httplib::Response& res);
+
+  // Records a job, its usage-log row and the correlation headers.
+  Job MakeJob(const httplib::Request& req, const json& body, int duration,
+              bool legacy);
+  // Takes a slot of the logs rate limit; false when the window is full.
+  bool TakeLogsSlot(absl::Time now);
+  // The page of visible rows that match `filter`, newest first.
+  json LogsPage(const LogFilter& filter, absl::Time now) const;
+  // x-inference-id: `id`, or a fresh per-request id when `id` is empty.
+  void SetInferenceId(httplib::Response& res, const std::string& id);
+  void SetCostHeaders(httplib::Response& res, int64_t credits,
+                      double usd) const;
 
   // Counts the request; answers 401 and returns false on a bad key.
   bool Admit(const httplib::Request& req, httplib::Response& res,
@@ -365,10 +582,12 @@ class SimServer::Impl {
   Rng job_rng_ ABSL_GUARDED_BY(mu_);
   Rng fault_rng_ ABSL_GUARDED_BY(mu_);
   std::vector<FaultRule> faults_ ABSL_GUARDED_BY(mu_);
-  int64_t endpoint_count_[3] ABSL_GUARDED_BY(mu_) = {0, 0, 0};
+  int64_t endpoint_count_[4] ABSL_GUARDED_BY(mu_) = {0, 0, 0, 0};
   std::map<std::string, Job> jobs_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> id_by_uuid_ ABSL_GUARDED_BY(mu_);
   SimStats stats_ ABSL_GUARDED_BY(mu_);
+  std::vector<UsageRow> rows_ ABSL_GUARDED_BY(mu_);  // in order of adding
+  std::deque<absl::Time> logs_answered_ ABSL_GUARDED_BY(mu_);  // rate window
 };
 
 absl::Status SimServer::Impl::Start() {
@@ -425,6 +644,8 @@ void SimServer::Impl::Routes() {
   });
   server_.Get(R"(/files/([0-9a-f\-]+)\.mp4)",
               [this](const auto& req, auto& res) { HandleFile(req, res); });
+  server_.Get(kLogsPath,
+              [this](const auto& req, auto& res) { HandleLogs(req, res); });
   server_.Get("/sim/stats",
               [this](const auto&, auto& res) { HandleStats(res); });
 }
@@ -490,6 +711,7 @@ bool SimServer::Impl::ApplyEarlyFault(std::optional<FaultKind> fault,
     case FaultKind::k502:
     case FaultKind::k504: {
       // Gateways answer in HTML, not in the API's JSON.
+      SetInferenceId(res, "");
       res.status = *fault == FaultKind::k502 ? 502 : 504;
       res.set_content(
           absl::StrCat("<html><head><title>", res.status,
@@ -542,6 +764,8 @@ void SimServer::Impl::SendError(httplib::Response& res, int status,
   }
   if (!errors.empty()) body["errors"] = errors;
   res.status = status;
+  if (!res.has_header("x-inference-id"))
+    res.set_header("x-inference-id", request_id);
   res.set_content(body.dump(), "application/json");
 }
 
@@ -570,27 +794,95 @@ void SimServer::Impl::HandleCreate(const httplib::Request& req,
     SendError(res, 400, "Body validation error", req.path, false, errors);
     return;
   }
-  Job job;
-  {
-    absl::MutexLock lock(&mu_);
-    job.uuid = Uuid4(id_rng_);
-    job.fails = job_rng_.Unit() < options_.error_rate;
-    job.id = legacy ? absl::StrCat(job.uuid, kLegacySuffix) : job.uuid;
-    job.created = absl::Now();
-    job.duration = duration;
-    jobs_[job.id] = job;
-    id_by_uuid_[job.uuid] = job.id;
-    ++stats_.submits;
-    NoteHeaders(req, job.id);
-  }
+  const Job job = MakeJob(req, body, duration, legacy);
   if (req.has_header("X-Client-Request-Id")) {
     res.set_header("X-Client-Request-Id",
                    req.get_header_value("X-Client-Request-Id"));
   }
-  bool odd = fault == FaultKind::kOddStatus;
+  // From here on the job exists: the create_then_* faults spoil the answer.
+  if (fault == FaultKind::kCreateThen500) {
+    SendError(res, 500, "Internal server error", req.path, false);
+    return;
+  }
+  if (fault == FaultKind::kCreateThenReset) {
+    if (DropConnection(req, port())) return;
+    fault = FaultKind::kReset;  // not found: cut the answer instead
+  }
+  if (fault == FaultKind::kCreateThenSlow) {
+    stopping_.WaitForNotificationWithTimeout(options_.slow_delay);
+  }
+  SetCostHeaders(res, options_.credits_per_second * job.duration,
+                 options_.usd_per_second * job.duration);
   // The legacy path answers 201, the new one 200: clients take any 2xx.
-  SendBody(res, legacy ? 201 : 200,
+  const int status = legacy ? 201 : 200;
+  if (fault == FaultKind::kCreate2xxNoId) {
+    SetInferenceId(res, "");
+    SendBody(res, status, {{"status", "queued"}}, std::nullopt);
+    return;
+  }
+  SetInferenceId(res, job.id);
+  bool odd = fault == FaultKind::kOddStatus;
+  SendBody(res, status,
            {{"id", job.id}, {"status", odd ? "waiting" : "queued"}}, fault);
+}
+
+Job SimServer::Impl::MakeJob(const httplib::Request& req, const json& body,
+                             int duration, bool legacy) {
+  Job job;
+  job.duration = duration;
+  job.created = absl::Now();
+  UsageRow row;
+  row.created = job.created;
+  row.model = body.contains("model") && body["model"].is_string()
+                  ? body["model"].get<std::string>()
+                  : kDefaultModel;
+  if (req.has_header("X-Client-Request-Id")) {
+    row.client_request_id = req.get_header_value("X-Client-Request-Id");
+  }
+  absl::MutexLock lock(&mu_);
+  job.uuid = Uuid4(id_rng_);
+  job.fails = job_rng_.Unit() < options_.error_rate;
+  // Drawn only when asked for, so old seeds replay the same outcomes.
+  if (job.fails && options_.detail_error_share > 0) {
+    job.detail_error = job_rng_.Unit() < options_.detail_error_share;
+  }
+  job.id = legacy ? absl::StrCat(job.uuid, kLegacySuffix) : job.uuid;
+  jobs_[job.id] = job;
+  id_by_uuid_[job.uuid] = job.id;
+  ++stats_.submits;
+  NoteHeaders(req, job.id);
+  // Failed tasks are not billed.
+  row.status = job.fails ? "failed" : "succeeded";
+  if (!job.fails) {
+    row.cost_credits = options_.credits_per_second * duration;
+    row.cost_usd = options_.usd_per_second * duration;
+    row.tokens_output = kTokensPerSecond * duration;
+    row.tokens_total = row.tokens_output;
+  }
+  row.request_id = Uuid4(id_rng_);
+  row.inference_id = job.id;
+  rows_.push_back(std::move(row));
+  return job;
+}
+
+void SimServer::Impl::SetInferenceId(httplib::Response& res,
+                                     const std::string& id) {
+  if (!id.empty()) {
+    res.set_header("x-inference-id", id);
+    return;
+  }
+  std::string fresh;
+  {
+    absl::MutexLock lock(&mu_);
+    fresh = Uuid4(id_rng_);
+  }
+  res.set_header("x-inference-id", fresh);
+}
+
+void SimServer::Impl::SetCostHeaders(httplib::Response& res, int64_t credits,
+                                     double usd) const {
+  res.set_header("x-aimlapi-credits-used", std::to_string(credits));
+  res.set_header("x-aimlapi-usd-spent", absl::StrCat(usd));
 }
 
 void SimServer::Impl::HandlePoll(const httplib::Request& req,
@@ -622,6 +914,8 @@ void SimServer::Impl::HandlePoll(const httplib::Request& req,
     return;
   }
   Phase phase = PhaseOf(*job, absl::Now());
+  SetInferenceId(res, job->id);
+  SetCostHeaders(res, 0, 0);  // the create answer carried the cost
   SendBody(res, 200,
            PollBody(*job, phase, legacy, fault == FaultKind::kOddStatus, req),
            fault);
@@ -657,6 +951,79 @@ void SimServer::Impl::HandleFile(const httplib::Request& req,
   res.set_content(SampleMp4(), "video/mp4");
 }
 
+void SimServer::Impl::HandleLogs(const httplib::Request& req,
+                                 httplib::Response& res) {
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.logs_requests;
+  }
+  if (!Admit(req, res, absl::StrCat("GET ", req.path))) return;
+  const absl::Time now = absl::Now();
+  if (!TakeLogsSlot(now)) {
+    SendError(res, 429, "Too many requests", req.path, true);
+    return;
+  }
+  std::optional<FaultKind> fault = PickFault(Endpoint::kLogs);
+  if (ApplyEarlyFault(fault, req, res)) return;
+  absl::StatusOr<LogFilter> filter = ParseLogFilter(req, now);
+  if (!filter.ok()) {
+    SendError(res, 400, "Query validation error", req.path, false,
+              {std::string(filter.status().message())});
+    return;
+  }
+  SetInferenceId(res, "");
+  SetCostHeaders(res, 0, 0);
+  SendBody(res, 200, LogsPage(*filter, now), fault);
+}
+
+bool SimServer::Impl::TakeLogsSlot(absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  while (!logs_answered_.empty() &&
+         logs_answered_.front() <= now - options_.logs_rate_window) {
+    logs_answered_.pop_front();
+  }
+  if (static_cast<int>(logs_answered_.size()) >= options_.logs_rate_limit) {
+    ++stats_.logs_rate_limited;
+    return false;
+  }
+  logs_answered_.push_back(now);
+  return true;
+}
+
+json SimServer::Impl::LogsPage(const LogFilter& filter, absl::Time now) const {
+  std::vector<UsageRow> page;
+  int64_t total = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    // Newest first; among equal times the row added last comes first.
+    std::vector<size_t> order;
+    for (size_t i = rows_.size(); i-- > 0;) {
+      const UsageRow& row = rows_[i];
+      if (row.created + options_.logs_lag <= now && Matches(filter, row)) {
+        order.push_back(i);
+      }
+    }
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      return rows_[a].created > rows_[b].created;
+    });
+    total = static_cast<int64_t>(order.size());
+    for (size_t i = filter.offset;
+         i < order.size() && page.size() < static_cast<size_t>(filter.limit);
+         ++i) {
+      page.push_back(rows_[order[i]]);
+    }
+  }
+  json data = json::array();
+  for (const UsageRow& row : page) data.push_back(RowJson(row));
+  const int64_t next = filter.offset + static_cast<int64_t>(page.size());
+  return {{"data", std::move(data)},
+          {"pagination",
+           {{"limit", filter.limit},
+            {"offset", filter.offset},
+            {"total", total},
+            {"has_more", next < total}}}};
+}
+
 void SimServer::Impl::HandleStats(httplib::Response& res) {
   SimStats s = Stats();
   json body = {{"requests_by_path", s.requests_by_path},
@@ -664,7 +1031,9 @@ void SimServer::Impl::HandleStats(httplib::Response& res) {
                {"faults_by_kind", s.faults_by_kind},
                {"submits", s.submits},
                {"client_request_id_by_id", s.client_request_id_by_id},
-               {"traceparent_by_id", s.traceparent_by_id}};
+               {"traceparent_by_id", s.traceparent_by_id},
+               {"logs_requests", s.logs_requests},
+               {"logs_rate_limited", s.logs_rate_limited}};
   res.set_content(body.dump(), "application/json");
 }
 
@@ -690,9 +1059,16 @@ json SimServer::Impl::PollBody(const Job& job, Phase phase, bool legacy,
                                bool odd, const httplib::Request& req) const {
   json body = {{"id", job.id}, {"status", StatusWord(phase, odd)}};
   if (phase == Phase::kError) {
-    body["error"] = {
-        {"name", "GenerationError"},
-        {"message", "The simulated model failed to render this prompt"}};
+    if (job.detail_error) {
+      body["error"] = {{"detail",
+                        {{{"loc", {"body", "prompt"}},
+                          {"msg", "The simulated model refused this prompt"},
+                          {"type", "value_error"}}}}};
+    } else {
+      body["error"] = {
+          {"name", "GenerationError"},
+          {"message", "The simulated model failed to render this prompt"}};
+    }
     return body;
   }
   if (phase != Phase::kCompleted) return body;
@@ -706,7 +1082,14 @@ json SimServer::Impl::PollBody(const Job& job, Phase phase, bool legacy,
     body["video"] = {{"url", url}, {"duration", job.duration}};
     body["duration"] = job.duration;
     body["error"] = nullptr;
-    body["meta"] = {{"usage", {{"tokens_used", 24000 * job.duration}}}};
+    if (options_.usage_as_credits) {
+      body["meta"] = {
+          {"usage",
+           {{"credits_used", options_.credits_per_second * job.duration}}}};
+    } else {
+      body["meta"] = {
+          {"usage", {{"tokens_used", kTokensPerSecond * job.duration}}}};
+    }
   }
   return body;
 }
@@ -722,6 +1105,12 @@ SimStats SimServer::Stats() const { return impl_->Stats(); }
 void SimServer::ResetStats() { impl_->ResetStats(); }
 void SimServer::SetFaults(std::vector<FaultRule> faults) {
   impl_->SetFaults(std::move(faults));
+}
+void SimServer::AddUsageRow(UsageRow row) {
+  impl_->AddUsageRow(std::move(row));
+}
+std::vector<UsageRow> SimServer::UsageRows() const {
+  return impl_->UsageRows();
 }
 
 }  // namespace videogen::sim

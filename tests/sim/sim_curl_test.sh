@@ -92,6 +92,28 @@ C2=$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH" "$BASE/v2/video/generatio
 kill -INT "$PID"
 wait "$PID" || fail "exit code $? after SIGINT"
 
+# --- a create that makes the job and answers 500, found in the usage log
+start_sim --queued_for=0s --generating_for=0s \
+  --fault=create:create_then_500:every=1 --logs_rate_limit=3
+CODE=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "$AUTH" \
+  -H 'X-Client-Request-Id: gen-1' "$BASE/v2/video/generations" -d '{"prompt":"x"}')
+[[ $CODE == 500 ]] || fail "create_then_500 gave $CODE"
+BODY=$(curl -sS --fail -G -H "$AUTH" "$BASE/v2/logs" --data-urlencode period=24h)
+/usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin)["data"]; assert len(d)==1 and d[0]["client_request_id"]=="gen-1", d' <<<"$BODY" ||
+  fail "logs: $BODY"
+ID=$(/usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["inference_id"])' <<<"$BODY")
+curl -sS --fail -H "$AUTH" "$BASE/v2/video/generations?generation_id=$ID" | json_field status |
+  grep -qx completed || fail "logged job not pollable"
+curl -s -o /dev/null -H "$AUTH" "$BASE/v2/logs?period=7d"
+curl -s -o /dev/null -H "$AUTH" "$BASE/v2/logs?period=7d"
+CODE=$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH" "$BASE/v2/logs?period=7d")
+[[ $CODE == 429 ]] || fail "4th log request in the window gave $CODE"
+kill -TERM "$PID"
+wait "$PID" || fail "exit code $? after SIGTERM"
+
 # --- a bad flag is refused
 if "$BIN" --fault=poll:teapot >/dev/null 2>&1; then fail "bad --fault accepted"; fi
+if "$BIN" --fault=poll:create_then_500 >/dev/null 2>&1; then
+  fail "create_then_500 on poll accepted"
+fi
 echo PASS

@@ -468,6 +468,7 @@ TEST(SimFaults, HttpErrorFaultsOnCreateAndPoll) {
       EXPECT_EQ(res->get_header_value("Retry-After"), "7");
     }
     EXPECT_EQ(create.server().Stats().submits, 0);  // no job was made
+    EXPECT_TRUE(create.server().UsageRows().empty());
     EXPECT_EQ(create.server().Stats().faults_by_kind[FaultKindName(c.kind)], 1);
 
     Sim poll(WithFault(Endpoint::kPoll, c.kind));
@@ -598,8 +599,23 @@ TEST(SimFaults, ParseFaultRule) {
   EXPECT_EQ(ParseFaultRule("poll:malformed")->kind, FaultKind::kMalformedJson);
   EXPECT_EQ(ParseFaultRule("poll:odd")->kind, FaultKind::kOddStatus);
   EXPECT_EQ(ParseFaultRule("poll:slow")->kind, FaultKind::kSlow);
+  EXPECT_EQ(ParseFaultRule("logs:500")->endpoint, Endpoint::kLogs);
+  r = ParseFaultRule("create:create_then_500:every=1");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->kind, FaultKind::kCreateThen500);
+  EXPECT_EQ(r->every_nth, 1);
+  EXPECT_EQ(ParseFaultRule("create:create_then_reset")->kind,
+            FaultKind::kCreateThenReset);
+  EXPECT_EQ(ParseFaultRule("create:create_then_slow")->kind,
+            FaultKind::kCreateThenSlow);
+  EXPECT_EQ(ParseFaultRule("create:create_2xx_no_id")->kind,
+            FaultKind::kCreate2xxNoId);
+  for (const char* bad : {"poll:create_then_500", "logs:create_2xx_no_id",
+                          "download:create_then_reset"}) {
+    EXPECT_FALSE(ParseFaultRule(bad).ok()) << bad;
+  }
   for (const char* bad : {"poll", "nowhere:500", "poll:418", "poll:500:rate=2",
-                          "poll:500:every=0", "poll:500:often"}) {
+                          "poll:500:every=0", "poll:500:often", "logs:then"}) {
     EXPECT_FALSE(ParseFaultRule(bad).ok()) << bad;
   }
 }
@@ -868,6 +884,556 @@ TEST(SimConcurrency, ManyKeepAliveConnectionsAreAllServed) {
   }
   for (int fd : fds) close(fd);
   EXPECT_EQ(sim.server().Stats().polls_by_id[id], 2 * n);
+}
+
+// ------------------------------------------------- create-then-fault modes
+
+// Sends one raw POST and reads everything until the server closes. Returns
+// the bytes received.
+std::string RawPostAll(int port, const std::string& path,
+                       const std::string& body, const std::string& crid) {
+  int fd = Connect(port);
+  if (fd < 0) return "connect failed";
+  std::string req = absl::StrCat(
+      "POST ", path,
+      " HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sim-key\r\n"
+      "X-Client-Request-Id: ",
+      crid,
+      "\r\nContent-Type: application/json\r\nContent-Length: ", body.size(),
+      "\r\n\r\n", body);
+  EXPECT_EQ(send(fd, req.data(), req.size(), 0),
+            static_cast<ssize_t>(req.size()));
+  std::string all;
+  char buf[4096];
+  ssize_t n;
+  while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) all.append(buf, n);
+  close(fd);
+  return all;
+}
+
+// Each create_then_* fault makes exactly one job per create, logged with the
+// client's id, pollable under the id the log gives, while the answer the
+// client got does not name that job.
+TEST(SimCreateThen, EachFaultMakesExactlyOneLoggedPollableJob) {
+  for (FaultKind kind :
+       {FaultKind::kCreateThen500, FaultKind::kCreateThenReset,
+        FaultKind::kCreateThenSlow, FaultKind::kCreate2xxNoId}) {
+    const std::string name = FaultKindName(kind);
+    SCOPED_TRACE(name);
+    SimOptions o = WithFault(Endpoint::kCreate, kind);
+    o.slow_delay = absl::Seconds(2);
+    Sim sim(o);
+    sim.client().set_read_timeout(0, 300000);  // 300 ms, < slow_delay
+    const std::string crid = absl::StrCat("gen-", name);
+    auto res = sim.Post(
+        kNew, R"({"prompt":"x","duration":10})",
+        {{"Authorization", "Bearer sim-key"}, {"X-Client-Request-Id", crid}});
+    std::string answered_id;
+    switch (kind) {
+      case FaultKind::kCreateThen500:
+        ExpectErrorShape(res, 500, "Internal server error");
+        break;
+      case FaultKind::kCreateThenReset:
+      case FaultKind::kCreateThenSlow:
+        EXPECT_FALSE(res) << "expected a transport error";
+        break;
+      case FaultKind::kCreate2xxNoId: {
+        ASSERT_TRUE(res);
+        EXPECT_EQ(res->status, 200);
+        json j = json::parse(res->body);
+        EXPECT_FALSE(j.contains("id")) << res->body;
+        EXPECT_EQ(j["status"], "queued");
+        EXPECT_EQ(res->get_header_value("x-aimlapi-credits-used"),
+                  std::to_string(588000 * 10));
+        break;
+      }
+      default:
+        FAIL();
+    }
+    SimStats stats = sim.server().Stats();
+    EXPECT_EQ(stats.submits, 1);
+    EXPECT_EQ(stats.faults_by_kind[name], 1);
+    std::vector<UsageRow> rows = sim.server().UsageRows();
+    ASSERT_EQ(rows.size(), 1u);
+    EXPECT_EQ(rows[0].client_request_id, crid);
+
+    // Found again through the log, then polled under the logged id.
+    auto logs = sim.client().Get("/v2/logs?period=24h", Sim::Auth());
+    ASSERT_TRUE(logs);
+    ASSERT_EQ(logs->status, 200) << logs->body;
+    json page = json::parse(logs->body);
+    ASSERT_EQ(page["data"].size(), 1u);
+    const json& row = page["data"][0];
+    EXPECT_EQ(row["client_request_id"], crid);
+    const std::string id = row["inference_id"];
+    EXPECT_THAT(id, MatchesRegex(kUuidRe));
+    if (res) {
+      // No answer names the job: not the body, not x-inference-id.
+      EXPECT_THAT(res->body, ::testing::Not(HasSubstr(id)));
+      EXPECT_NE(res->get_header_value("x-inference-id"), id);
+      EXPECT_FALSE(res->get_header_value("x-inference-id").empty());
+    }
+    sim.client().set_read_timeout(10, 0);
+    auto polled = sim.Poll(kNew, id);
+    ASSERT_TRUE(polled);
+    EXPECT_EQ(polled->status, 200);
+    EXPECT_EQ(json::parse(polled->body)["id"], id);
+    EXPECT_EQ(sim.server().Stats().submits, 1);  // the poll made nothing
+  }
+}
+
+TEST(SimCreateThen, ResetSendsNoByteOfAnswer) {
+  Sim sim(WithFault(Endpoint::kCreate, FaultKind::kCreateThenReset));
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(RawPostAll(sim.server().port(), kLegacy, R"({"prompt":"x"})",
+                         absl::StrCat("c", i)),
+              "");
+  }
+  EXPECT_EQ(sim.server().Stats().submits, 3);
+  std::vector<UsageRow> rows = sim.server().UsageRows();
+  ASSERT_EQ(rows.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(rows[i].client_request_id, absl::StrCat("c", i));
+    EXPECT_THAT(rows[i].inference_id,
+                ::testing::EndsWith(":kling-video/v2/master/text-to-video"));
+  }
+  // The server is still healthy for the next client.
+  sim.server().SetFaults({});
+  EXPECT_FALSE(sim.Create(kNew).empty());
+}
+
+TEST(SimCreateThen, SlowAnswerArrivesLateWithTheId) {
+  SimOptions o = WithFault(Endpoint::kCreate, FaultKind::kCreateThenSlow);
+  o.slow_delay = absl::Milliseconds(500);
+  Sim sim(o);
+  absl::Time start = absl::Now();
+  auto res = sim.Post(kNew, R"({"prompt":"x"})");
+  ASSERT_TRUE(res);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(500));
+  EXPECT_EQ(res->status, 200);
+  const std::string id = json::parse(res->body)["id"];
+  EXPECT_EQ(res->get_header_value("x-inference-id"), id);
+  ASSERT_EQ(sim.server().UsageRows().size(), 1u);
+  EXPECT_EQ(sim.server().UsageRows()[0].inference_id, id);
+}
+
+TEST(SimCreateThen, EveryNthFiresAndEachCreateMakesOneJob) {
+  Sim sim(WithFault(Endpoint::kCreate, FaultKind::kCreateThen500, 2));
+  int errors = 0;
+  for (int i = 0; i < 6; ++i) {
+    auto res = sim.Post(kNew, R"({"prompt":"x"})");
+    ASSERT_TRUE(res);
+    errors += res->status == 500;
+  }
+  EXPECT_EQ(errors, 3);
+  EXPECT_EQ(sim.server().Stats().submits, 6);
+  EXPECT_EQ(sim.server().UsageRows().size(), 6u);
+}
+
+// --------------------------------------------------- headers and shapes
+
+TEST(SimHeaders, InferenceIdAndCostOnCreateAndPoll) {
+  Sim sim;
+  for (int duration : {5, 10}) {
+    auto created = sim.Post(
+        kNew, absl::StrCat(R"({"prompt":"x","duration":)", duration, "}"));
+    ASSERT_TRUE(created);
+    const std::string id = json::parse(created->body)["id"];
+    EXPECT_EQ(created->get_header_value("x-inference-id"), id);
+    EXPECT_EQ(created->get_header_value("x-aimlapi-credits-used"),
+              std::to_string(588000 * duration));
+    double usd = 0;
+    ASSERT_TRUE(absl::SimpleAtod(
+        created->get_header_value("x-aimlapi-usd-spent"), &usd));
+    EXPECT_DOUBLE_EQ(usd, 0.28 * duration);
+
+    auto polled = sim.Poll(kNew, id);
+    ASSERT_TRUE(polled);
+    EXPECT_EQ(polled->get_header_value("x-inference-id"), id);
+    EXPECT_EQ(polled->get_header_value("x-aimlapi-credits-used"), "0");
+    EXPECT_EQ(polled->get_header_value("x-aimlapi-usd-spent"), "0");
+  }
+  // Error answers carry a per-request id and no cost headers.
+  auto missing = sim.Poll(kNew, "no-such-id");
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing->status, 404);
+  EXPECT_THAT(missing->get_header_value("x-inference-id"),
+              MatchesRegex(kUuidRe));
+  EXPECT_FALSE(missing->has_header("x-aimlapi-credits-used"));
+  auto bad = sim.Post(kNew, "{}");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400);
+  EXPECT_TRUE(bad->has_header("x-inference-id"));
+  EXPECT_TRUE(sim.server().UsageRows().size() == 2u);  // 400 made nothing
+}
+
+TEST(SimHeaders, CostIsConfigurable) {
+  SimOptions o = Sim::Fast();
+  o.credits_per_second = 7;
+  o.usd_per_second = 0.5;
+  Sim sim(o);
+  auto created = sim.Post(kNew, R"({"prompt":"x"})");
+  ASSERT_TRUE(created);
+  EXPECT_EQ(created->get_header_value("x-aimlapi-credits-used"), "35");
+  EXPECT_EQ(created->get_header_value("x-aimlapi-usd-spent"), "2.5");
+}
+
+TEST(SimShapes, DetailTaskErrorShape) {
+  SimOptions o = Sim::Fast();
+  o.error_rate = 1;
+  o.detail_error_share = 1;
+  Sim sim(o);
+  json j = sim.WaitDone(kNew, sim.Create(kNew));
+  EXPECT_EQ(j["status"], "error");
+  ASSERT_TRUE(j["error"]["detail"].is_array()) << j;
+  ASSERT_EQ(j["error"]["detail"].size(), 1u);
+  const json& d = j["error"]["detail"][0];
+  EXPECT_TRUE(d["loc"].is_array());
+  EXPECT_TRUE(d["msg"].is_string());
+  EXPECT_TRUE(d["type"].is_string());
+  EXPECT_FALSE(j["error"].contains("message"));
+}
+
+TEST(SimShapes, DetailShareSplitsFailedJobs) {
+  SimOptions o = Sim::Fast();
+  o.queued_for = absl::ZeroDuration();
+  o.generating_for = absl::ZeroDuration();
+  o.error_rate = 1;
+  o.detail_error_share = 0.5;
+  Sim sim(o);
+  int detail = 0, named = 0;
+  for (int i = 0; i < 40; ++i) {
+    json j = sim.WaitDone(kNew, sim.Create(kNew));
+    detail += j["error"].contains("detail");
+    named += j["error"].contains("name");
+  }
+  EXPECT_EQ(detail + named, 40);
+  EXPECT_GT(detail, 0);
+  EXPECT_GT(named, 0);
+}
+
+TEST(SimShapes, UsageAsCredits) {
+  SimOptions o = Sim::Fast();
+  o.usage_as_credits = true;
+  Sim sim(o);
+  json j = sim.WaitDone(kNew, sim.Create(kNew));
+  EXPECT_EQ(j["status"], "completed");
+  EXPECT_EQ(j["meta"]["usage"]["credits_used"], 588000 * 5);
+  EXPECT_FALSE(j["meta"]["usage"].contains("tokens_used"));
+}
+
+// ------------------------------------------------------------- usage log
+
+httplib::Result Logs(Sim& sim, const std::string& query) {
+  return sim.client().Get(absl::StrCat("/v2/logs?", query).c_str(),
+                          Sim::Auth());
+}
+
+json LogsOk(Sim& sim, const std::string& query) {
+  auto res = Logs(sim, query);
+  EXPECT_TRUE(res);
+  if (!res) return json();
+  EXPECT_EQ(res->status, 200) << query << ": " << res->body;
+  return json::parse(res->body, nullptr, false);
+}
+
+std::string Iso(absl::Time t) {
+  return Encode(
+      absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", t, absl::UTCTimeZone()));
+}
+
+UsageRow Row(absl::Time created, const std::string& inference_id,
+             const std::string& model = "m",
+             const std::string& status = "succeeded") {
+  UsageRow row;
+  row.created = created;
+  row.inference_id = inference_id;
+  row.request_id = absl::StrCat("req-", inference_id);
+  row.model = model;
+  row.status = status;
+  return row;
+}
+
+std::vector<std::string> Ids(const json& page) {
+  std::vector<std::string> ids;
+  for (const json& row : page["data"]) ids.push_back(row["inference_id"]);
+  return ids;
+}
+
+TEST(SimLogs, EveryJobHasARowNewestFirst) {
+  Sim sim;
+  const std::string a = sim.Create(kLegacy);
+  absl::SleepFor(absl::Milliseconds(5));
+  auto b_res = sim.Post(
+      kNew, R"({"prompt":"x","model":"klingai/other"})",
+      {{"Authorization", "Bearer sim-key"}, {"X-Client-Request-Id", "gen-b"}});
+  ASSERT_TRUE(b_res);
+  const std::string b = json::parse(b_res->body)["id"];
+
+  auto res = Logs(sim, "period=24h");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_TRUE(res->has_header("x-inference-id"));
+  json page = json::parse(res->body);
+  EXPECT_EQ(Ids(page), (std::vector<std::string>{b, a}));
+  EXPECT_EQ(
+      page["pagination"],
+      json({{"limit", 100}, {"offset", 0}, {"total", 2}, {"has_more", false}}));
+  const json& rb = page["data"][0];
+  const json& ra = page["data"][1];
+  EXPECT_EQ(rb["client_request_id"], "gen-b");
+  EXPECT_TRUE(ra.contains("client_request_id"));
+  EXPECT_TRUE(ra["client_request_id"].is_null());  // null, not absent or ""
+  EXPECT_EQ(ra["model"], "klingai/v2-master-text-to-video");
+  EXPECT_EQ(rb["model"], "klingai/other");
+  for (const json& r : page["data"]) {
+    EXPECT_EQ(r["status"], "succeeded");
+    EXPECT_EQ(r["origin"], "api");
+    EXPECT_EQ(r["cost"]["credits"], 588000 * 5);
+    EXPECT_DOUBLE_EQ(r["cost"]["usd"].get<double>(), 0.28 * 5);
+    EXPECT_EQ(r["tokens"]["output"], 24000 * 5);
+    EXPECT_EQ(r["tokens"]["total"], 24000 * 5);
+    EXPECT_EQ(r["tokens"]["input"], 0);
+    EXPECT_THAT(r["request_id"].get<std::string>(), MatchesRegex(kUuidRe));
+    absl::Time created;
+    std::string err;
+    ASSERT_TRUE(absl::ParseTime(
+        absl::RFC3339_full, r["created"].get<std::string>(), &created, &err))
+        << r["created"];
+    EXPECT_LT(absl::AbsDuration(absl::Now() - created), absl::Minutes(1));
+  }
+  EXPECT_GT(ra["created"].get<std::string>().size(), 0u);
+  EXPECT_GE(rb["created"].get<std::string>(), ra["created"].get<std::string>());
+  EXPECT_EQ(sim.server().Stats().logs_requests, 1);
+}
+
+TEST(SimLogs, FailedJobsAreLoggedFailedAndFree) {
+  SimOptions o = Sim::Fast();
+  o.error_rate = 1;
+  Sim sim(o);
+  sim.Create(kNew);
+  json page = LogsOk(sim, "period=7d");
+  ASSERT_EQ(page["data"].size(), 1u);
+  EXPECT_EQ(page["data"][0]["status"], "failed");
+  EXPECT_EQ(page["data"][0]["cost"]["credits"], 0);
+  EXPECT_EQ(LogsOk(sim, "period=7d&status=succeeded")["data"].size(), 0u);
+}
+
+TEST(SimLogs, WindowsByPeriodAndByStartEnd) {
+  Sim sim;
+  const absl::Time now = absl::Now();
+  sim.server().AddUsageRow(Row(now - absl::Hours(1), "h1"));
+  sim.server().AddUsageRow(Row(now - absl::Hours(48), "d2"));
+  sim.server().AddUsageRow(Row(now - absl::Hours(24 * 10), "d10"));
+  sim.server().AddUsageRow(Row(now - absl::Hours(24 * 100), "d100"));
+
+  EXPECT_EQ(Ids(LogsOk(sim, "period=24h")), (std::vector<std::string>{"h1"}));
+  EXPECT_EQ(Ids(LogsOk(sim, "period=7d")),
+            (std::vector<std::string>{"h1", "d2"}));
+  const absl::Time end = now + absl::Minutes(1);
+  EXPECT_EQ(
+      Ids(LogsOk(sim, absl::StrCat("start=", Iso(end - absl::Hours(24 * 92)),
+                                   "&end=", Iso(end)))),
+      (std::vector<std::string>{"h1", "d2", "d10"}));
+  // Both ends are inclusive, to the millisecond.
+  const absl::Time d2 =
+      absl::FromUnixMillis(absl::ToUnixMillis(now)) - absl::Hours(48);
+  sim.server().AddUsageRow(Row(d2, "d2-exact"));
+  EXPECT_EQ(Ids(LogsOk(sim, absl::StrCat("start=", Iso(d2), "&end=", Iso(d2)))),
+            (std::vector<std::string>{"d2-exact"}));
+  EXPECT_EQ(
+      Ids(LogsOk(sim, absl::StrCat("start=", Iso(d2 + absl::Milliseconds(1)),
+                                   "&end=", Iso(end)))),
+      (std::vector<std::string>{"h1"}));
+  // Offsets, zone-less times and bare dates are ISO 8601 too.
+  absl::Time t = absl::FromCivil(absl::CivilSecond(2024, 3, 1, 12, 0, 0),
+                                 absl::UTCTimeZone());
+  sim.server().AddUsageRow(Row(t, "march"));
+  EXPECT_EQ(Ids(LogsOk(sim,
+                       "start=2024-03-01T13:00:00%2B02:00&end=2024-03-01"
+                       "T12:00:00")),
+            (std::vector<std::string>{"march"}));
+  EXPECT_EQ(Ids(LogsOk(sim, "start=2024-03-01&end=2024-03-02")),
+            (std::vector<std::string>{"march"}));
+}
+
+TEST(SimLogs, WindowOf92DaysAtMost) {
+  Sim sim;
+  const absl::Time end = absl::Now();
+  EXPECT_EQ(Logs(sim, absl::StrCat("start=", Iso(end - absl::Hours(24 * 92)),
+                                   "&end=", Iso(end)))
+                ->status,
+            200);
+  ExpectErrorShape(
+      Logs(sim, absl::StrCat("start=",
+                             Iso(end - absl::Hours(24 * 92) - absl::Seconds(1)),
+                             "&end=", Iso(end))),
+      400, "Query validation error");
+}
+
+TEST(SimLogs, BadQueriesAre400WithTheUpstreamShape) {
+  Sim sim;
+  const std::string end = Iso(absl::Now());
+  for (const std::string& q : std::vector<std::string>{
+           "",                                              // no window
+           absl::StrCat("end=", end),                       // start missing
+           absl::StrCat("start=", end),                     // end missing
+           absl::StrCat("period=24h&start=", end),          // both kinds
+           "period=30d", "period=24",                       // unknown periods
+           absl::StrCat("start=yesterday&end=", end),       // not ISO
+           absl::StrCat("start=", end, "&end=2020-01-01"),  // end < start
+           "period=24h&status=ok",                          // unknown status
+           "period=24h&limit=0", "period=24h&limit=101", "period=24h&limit=ten",
+           "period=24h&offset=-1"}) {
+    SCOPED_TRACE(q);
+    auto res = Logs(sim, q);
+    ExpectErrorShape(res, 400, "Query validation error");
+    ASSERT_TRUE(res);
+    json j = json::parse(res->body);
+    ASSERT_TRUE(j["errors"].is_array());
+    EXPECT_FALSE(j["errors"][0].get<std::string>().empty());
+  }
+  ExpectErrorShape(sim.client().Get("/v2/logs?period=24h"), 401,
+                   "Unauthorized");
+}
+
+TEST(SimLogs, RepeatedFiltersAndCommasInsideAValue) {
+  Sim sim;
+  const absl::Time now = absl::Now();
+  sim.server().AddUsageRow(Row(now - absl::Seconds(4), "a", "a"));
+  sim.server().AddUsageRow(Row(now - absl::Seconds(3), "b", "b", "failed"));
+  sim.server().AddUsageRow(Row(now - absl::Seconds(2), "ab", "a,b"));
+  sim.server().AddUsageRow(Row(now - absl::Seconds(1), "c", "c", "failed"));
+
+  EXPECT_EQ(Ids(LogsOk(sim, "period=24h&model=a&model=b")),
+            (std::vector<std::string>{"b", "a"}));
+  EXPECT_EQ(Ids(LogsOk(sim, "period=24h&model=a%2Cb")),
+            (std::vector<std::string>{"ab"}));
+  EXPECT_EQ(Ids(LogsOk(sim, "period=24h&model=a,b")),
+            (std::vector<std::string>{"ab"}));
+  EXPECT_EQ(Ids(LogsOk(sim, "period=24h&status=failed")),
+            (std::vector<std::string>{"c", "b"}));
+  EXPECT_EQ(Ids(LogsOk(sim, "period=24h&status=failed&status=succeeded")),
+            (std::vector<std::string>{"c", "ab", "b", "a"}));
+  EXPECT_EQ(Ids(LogsOk(sim, "period=24h&status=failed&model=a&model=c")),
+            (std::vector<std::string>{"c"}));
+  EXPECT_EQ(Ids(LogsOk(sim, "period=24h&model=z")), std::vector<std::string>{});
+  ExpectErrorShape(Logs(sim, "period=24h&status=failed,succeeded"), 400,
+                   "Query validation error");
+}
+
+TEST(SimLogs, PagingWithLimitOffsetTotalAndHasMore) {
+  Sim sim;
+  const absl::Time now = absl::Now();
+  for (int i = 0; i < 250; ++i) {
+    sim.server().AddUsageRow(
+        Row(now - absl::Seconds(1000 - i), absl::StrCat("r", i)));
+  }
+  std::vector<std::string> all;
+  for (int offset : {0, 100, 200}) {
+    json page = LogsOk(sim, absl::StrCat("period=24h&offset=", offset));
+    std::vector<std::string> ids = Ids(page);
+    EXPECT_EQ(ids.size(), offset == 200 ? 50u : 100u);
+    EXPECT_EQ(page["pagination"]["total"], 250);
+    EXPECT_EQ(page["pagination"]["limit"], 100);
+    EXPECT_EQ(page["pagination"]["offset"], offset);
+    EXPECT_EQ(page["pagination"]["has_more"], offset != 200);
+    all.insert(all.end(), ids.begin(), ids.end());
+  }
+  ASSERT_EQ(all.size(), 250u);
+  for (int i = 0; i < 250; ++i) EXPECT_EQ(all[i], absl::StrCat("r", 249 - i));
+
+  json small = LogsOk(sim, "period=24h&limit=7&offset=240");
+  EXPECT_EQ(Ids(small).size(), 7u);
+  EXPECT_EQ(Ids(small).front(), "r9");
+  EXPECT_EQ(small["pagination"]["limit"], 7);
+  EXPECT_EQ(small["pagination"]["has_more"], true);
+  json last = LogsOk(sim, "period=24h&limit=10&offset=240");
+  EXPECT_EQ(Ids(last).back(), "r0");
+  EXPECT_EQ(last["pagination"]["has_more"], false);
+  json past = LogsOk(sim, "period=24h&offset=1000");
+  EXPECT_TRUE(past["data"].empty());
+  EXPECT_EQ(past["pagination"]["total"], 250);
+  EXPECT_EQ(past["pagination"]["has_more"], false);
+}
+
+TEST(SimLogs, EqualTimesListTheLaterAddedRowFirst) {
+  Sim sim;
+  const absl::Time t = absl::Now() - absl::Minutes(1);
+  for (const char* id : {"x", "y", "z"}) sim.server().AddUsageRow(Row(t, id));
+  EXPECT_EQ(Ids(LogsOk(sim, "period=24h")),
+            (std::vector<std::string>{"z", "y", "x"}));
+}
+
+TEST(SimLogs, RateLimitRefusesWithinTheWindowThenRecovers) {
+  SimOptions o = Sim::Fast();
+  o.logs_rate_limit = 5;
+  o.logs_rate_window = absl::Milliseconds(800);
+  Sim sim(o);
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(Logs(sim, i == 4 ? "bad=query" : "period=24h")->status,
+              i == 4 ? 400 : 200);
+  }
+  auto refused = Logs(sim, "period=24h");
+  // Only meaningful while the window has not passed yet.
+  if (absl::Now() - start < o.logs_rate_window) {
+    ExpectErrorShape(refused, 429, "Too many requests");
+    ASSERT_TRUE(refused);
+    EXPECT_TRUE(json::parse(refused->body)["statusCode"].is_string());
+    EXPECT_EQ(sim.server().Stats().logs_rate_limited, 1);
+  }
+  // Refusals do not count: once the first five leave the window, it opens.
+  absl::SleepFor(o.logs_rate_window - (absl::Now() - start) +
+                 absl::Milliseconds(50));
+  EXPECT_EQ(Logs(sim, "period=24h")->status, 200);
+  SimStats s = sim.server().Stats();
+  EXPECT_EQ(s.logs_requests, 7);
+  EXPECT_EQ(s.requests_by_path["GET /v2/logs"], 7);
+  // Creates and polls are not limited by it.
+  EXPECT_FALSE(sim.Create(kNew).empty());
+}
+
+TEST(SimLogs, DefaultLimitIs200PerMinute) {
+  Sim sim;
+  int ok = 0, limited = 0;
+  for (int i = 0; i < 205; ++i) {
+    int status = Logs(sim, "period=24h")->status;
+    ok += status == 200;
+    limited += status == 429;
+  }
+  // 205 requests take far less than a minute on loopback.
+  EXPECT_EQ(ok, 200);
+  EXPECT_EQ(limited, 5);
+}
+
+TEST(SimLogs, LagHidesANewRowForAWhile) {
+  SimOptions o = Sim::Fast();
+  o.logs_lag = absl::Milliseconds(400);
+  Sim sim(o);
+  const absl::Time created = absl::Now();
+  const std::string id = sim.Create(kNew);
+  ASSERT_EQ(sim.server().UsageRows().size(), 1u);  // made, not yet visible
+  json page;
+  absl::Time seen;
+  do {
+    page = LogsOk(sim, "period=24h");
+    seen = absl::Now();
+    if (!page["data"].empty()) break;
+    EXPECT_EQ(page["pagination"]["total"], 0);
+    absl::SleepFor(absl::Milliseconds(20));
+  } while (seen - created < absl::Seconds(10));
+  EXPECT_EQ(Ids(page), (std::vector<std::string>{id}));
+  EXPECT_GE(seen - created, absl::Milliseconds(400));
+}
+
+TEST(SimLogs, FaultsOnTheLogsEndpoint) {
+  SimOptions o = WithFault(Endpoint::kLogs, FaultKind::k503, 2);
+  Sim sim(o);
+  EXPECT_EQ(Logs(sim, "period=24h")->status, 200);
+  ExpectErrorShape(Logs(sim, "period=24h"), 503, "Service unavailable");
+  sim.server().SetFaults({{Endpoint::kLogs, FaultKind::kReset, 0, 1}});
+  EXPECT_FALSE(Logs(sim, "period=24h"));
 }
 
 }  // namespace
