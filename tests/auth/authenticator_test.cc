@@ -118,6 +118,16 @@ TEST_F(AuthenticatorTest, KeyWithAlteredKeyIdIsRefused) {
   EXPECT_TRUE(absl::IsUnauthenticated(p.status())) << p.status();
 }
 
+TEST_F(AuthenticatorTest, StoreThatMatchesLooselyCannotLetAKeyIn) {
+  const std::string key = AddKey("acme");
+  store_.set_loose(true);
+  // The right key_id with a wrong secret: only the hash comparison can tell.
+  std::string guess = key;
+  guess.back() = guess.back() == 'A' ? 'B' : 'A';
+  absl::StatusOr<Principal> p = NewAuth()->Authenticate("Bearer " + guess);
+  EXPECT_TRUE(absl::IsUnauthenticated(p.status())) << p.status();
+}
+
 TEST_F(AuthenticatorTest, RevokedKeyIsRefused) {
   const std::string key = AddKey("acme");
   ASSERT_TRUE(store_.RevokeKey(KeyIdOf(key), clock_.Now()).ok());

@@ -36,7 +36,7 @@ class FakeKeyStore final : public store::Store {
     absl::MutexLock lock(&mu_);
     if (fail_) return absl::UnavailableError("database is down");
     for (const auto& k : keys_) {
-      if (k.key_hash == key_hash) return k;
+      if (loose_ || k.key_hash == key_hash) return k;
     }
     return std::nullopt;
   }
@@ -58,6 +58,11 @@ class FakeKeyStore final : public store::Store {
   }
 
   int finds() const { return finds_.load(); }
+  // A broken store that answers any hash with its first key.
+  void set_loose(bool loose) {
+    absl::MutexLock lock(&mu_);
+    loose_ = loose;
+  }
   void set_fail(bool fail) {
     absl::MutexLock lock(&mu_);
     fail_ = fail;
@@ -137,6 +142,7 @@ class FakeKeyStore final : public store::Store {
   absl::Mutex mu_;
   std::vector<store::ApiKey> keys_ ABSL_GUARDED_BY(mu_);
   bool fail_ ABSL_GUARDED_BY(mu_) = false;
+  bool loose_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace videogen::auth::testing
