@@ -3,6 +3,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/api/metrics.h"
 #include "server/api/status_map.h"
@@ -21,10 +22,11 @@ void RecordFanout(const v1::GenerationEvent& event) {
 
 }  // namespace
 
-EventStream::EventStream(Reactor* reactor, core::Tracker* tracker,
-                         bool ends_on_terminal)
-    : tracker_(tracker),
+EventStream::EventStream(Reactor* reactor, Gateway* gateway,
+                         bool ends_on_terminal, size_t max_backlog)
+    : gateway_(gateway),
       ends_on_terminal_(ends_on_terminal),
+      max_backlog_(max_backlog),
       reactor_(reactor),
       last_activity_(absl::Now()) {}
 
@@ -32,28 +34,53 @@ void EventStream::OnEvent(core::EventPtr event) {
   {
     absl::MutexLock lock(&mu_);
     if (finish_.has_value() || done_) return;
-    const std::string& id = event->generation().id();
+    const v1::Generation& g = event->generation();
+    const std::string& id = g.id();
+    // Drop what is not newer than what this stream already has.
+    auto newest = newest_.find(id);
+    const int64_t have = ends_on_terminal_ ? last_revision_
+                         : newest == newest_.end() ? 0
+                                                   : newest->second;
+    if (g.revision() <= have) return;
+    if (ends_on_terminal_) {
+      last_revision_ = g.revision();
+    } else if (g.done()) {
+      if (newest != newest_.end()) newest_.erase(newest);
+    } else {
+      newest_[id] = g.revision();
+    }
     auto [it, inserted] = pending_.try_emplace(id, event);
     if (inserted) {
       order_.push_back(id);
-    } else if (!it->second->generation().done()) {
-      it->second = event;  // coalesce to the newest; keep a terminal one
+    } else {
+      it->second = event;  // coalesce to the newest
     }
-    if (ends_on_terminal_ && event->generation().done()) {
+    if (ends_on_terminal_ && g.done()) {
       finish_ = grpc::Status::OK;  // written after the terminal event
+    }
+    if (pending_.size() > max_backlog_) {
+      pending_.clear();
+      order_.clear();
+      newest_.clear();
+      finish_ = grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("this stream fell more than ", max_backlog_,
+                       " events behind because the client stopped reading; "
+                       "open a new stream (it starts with fresh snapshots)"));
     }
   }
   Pump();
 }
 
-void EventStream::WatchOne(const std::string& id, int64_t after_revision) {
+void EventStream::WatchOne(const auth::Principal& who, const std::string& id,
+                           int64_t after_revision) {
   {
     absl::MutexLock lock(&mu_);
     generation_id_ = id;
     last_revision_ = after_revision;
   }
   absl::StatusOr<core::Subscription> sub =
-      tracker_->Subscribe(id, after_revision, shared_from_this());
+      gateway_->Watch(who, id, after_revision, shared_from_this());
   if (!sub.ok()) {
     Abort(ToGrpcStatus(sub.status()));
     return;
@@ -70,9 +97,15 @@ void EventStream::WatchOne(const std::string& id, int64_t after_revision) {
   SetSubscription(sub->id);
 }
 
-void EventStream::WatchAll(const core::Filter& filter) {
-  core::Subscription sub = tracker_->SubscribeAll(filter, shared_from_this());
-  SetSubscription(sub.id);
+void EventStream::WatchAll(const auth::Principal& who,
+                           const v1::WatchGenerationsRequest& request) {
+  absl::StatusOr<core::Subscription> sub =
+      gateway_->WatchAll(who, request, shared_from_this());
+  if (!sub.ok()) {
+    Abort(ToGrpcStatus(sub.status()));
+    return;
+  }
+  SetSubscription(sub->id);
 }
 
 void EventStream::SetSubscription(uint64_t id) {
@@ -83,7 +116,7 @@ void EventStream::SetSubscription(uint64_t id) {
     if (!already_done) subscription_ = id;
   }
   // The RPC ended while we subscribed: nobody else will unsubscribe.
-  if (already_done) tracker_->Unsubscribe(id);
+  if (already_done) gateway_->Unwatch(id);
 }
 
 void EventStream::MaybeHeartbeat(absl::Time now, absl::Duration interval) {
@@ -141,7 +174,7 @@ void EventStream::OnDone() {
     subscription = subscription_;
     subscription_ = 0;
   }
-  if (subscription != 0) tracker_->Unsubscribe(subscription);
+  if (subscription != 0) gateway_->Unwatch(subscription);
 }
 
 EventStream::Action EventStream::NextLocked(const v1::GenerationEvent** msg,
@@ -152,9 +185,6 @@ EventStream::Action EventStream::NextLocked(const v1::GenerationEvent** msg,
     order_.pop_front();
     in_flight_ = std::move(it->second);
     pending_.erase(it);
-    if (in_flight_->type() != v1::GenerationEvent::TYPE_HEARTBEAT) {
-      last_revision_ = in_flight_->generation().revision();
-    }
     *msg = in_flight_.get();
     return Action::kWrite;
   }
@@ -185,16 +215,15 @@ void EventStream::Pump() {
   if (action == Action::kFinish) reactor->Finish(status);
 }
 
-StreamReactor::StreamReactor(core::Tracker* tracker, StreamRegistry* registry,
-                             bool ends_on_terminal)
-    : stream_(std::make_shared<EventStream>(this, tracker, ends_on_terminal)),
-      registry_(registry) {
-  registered_ = registry_->Add(stream_);
-  if (!registered_) {
-    stream_->Abort(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                "server is shutting down; retry on another "
-                                "replica or after restart"));
-  }
+StreamReactor::StreamReactor(Gateway* gateway, StreamRegistry* registry,
+                             const std::string& tenant, bool ends_on_terminal)
+    : stream_(std::make_shared<EventStream>(this, gateway, ends_on_terminal,
+                                            registry->limits().max_backlog)),
+      registry_(registry),
+      tenant_(tenant) {
+  absl::Status added = registry_->Add(stream_, tenant_);
+  registered_ = added.ok();
+  if (!registered_) stream_->Abort(ToGrpcStatus(added));
 }
 
 void StreamReactor::OnCancel() {
@@ -202,13 +231,15 @@ void StreamReactor::OnCancel() {
 }
 
 void StreamReactor::OnDone() {
-  if (registered_) registry_->Remove(stream_.get());
+  if (registered_) registry_->Remove(stream_.get(), tenant_);
   stream_->OnDone();
   delete this;
 }
 
-StreamRegistry::StreamRegistry(absl::Duration heartbeat_interval)
+StreamRegistry::StreamRegistry(absl::Duration heartbeat_interval,
+                               StreamLimits limits)
     : interval_(heartbeat_interval),
+      limits_(limits),
       heartbeat_thread_([this] { HeartbeatLoop(); }) {}
 
 StreamRegistry::~StreamRegistry() {
@@ -219,16 +250,36 @@ StreamRegistry::~StreamRegistry() {
   heartbeat_thread_.join();
 }
 
-bool StreamRegistry::Add(const std::shared_ptr<EventStream>& stream) {
+absl::Status StreamRegistry::Add(const std::shared_ptr<EventStream>& stream,
+                                 const std::string& tenant) {
   absl::MutexLock lock(&mu_);
-  if (draining_) return false;
+  if (draining_) {
+    return absl::UnavailableError(
+        "server is shutting down; retry on another replica or after restart");
+  }
+  if (static_cast<int64_t>(streams_.size()) >= limits_.max_streams) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "this server holds its limit of ", limits_.max_streams,
+        " open streams; retry later or on another replica"));
+  }
+  int64_t& mine = per_tenant_[tenant];
+  if (mine >= limits_.max_streams_per_tenant) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "tenant \"", tenant, "\" holds its limit of ",
+        limits_.max_streams_per_tenant,
+        " open streams on this server; close some (a WatchGenerations "
+        "stream covers many generations)"));
+  }
+  ++mine;
   streams_.emplace(stream.get(), stream);
-  return true;
+  return absl::OkStatus();
 }
 
-void StreamRegistry::Remove(EventStream* stream) {
+void StreamRegistry::Remove(EventStream* stream, const std::string& tenant) {
   absl::MutexLock lock(&mu_);
   streams_.erase(stream);
+  auto it = per_tenant_.find(tenant);
+  if (it != per_tenant_.end() && --it->second <= 0) per_tenant_.erase(it);
 }
 
 int64_t StreamRegistry::size() {

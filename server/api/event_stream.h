@@ -12,19 +12,26 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
-#include "server/core/tracker.h"
+#include "server/api/gateway.h"
+#include "server/auth/principal.h"
+#include "server/core/events.h"
 #include "videogen/v1/video_generation.pb.h"
 
 namespace videogen::api {
 
 class StreamRegistry;
 
-// One server-streaming RPC's outbox. The tracker pushes events from its
-// threads (OnEvent); gRPC callback threads report finished writes. Holds at
+// One server-streaming RPC's outbox. The fan-out hub pushes events from its
+// thread (OnEvent); gRPC callback threads report finished writes. Holds at
 // most one write in flight and, per generation, only the newest pending
-// event, so a slow client costs bounded memory. A terminal event is never
-// replaced (nothing follows it). Thread-safe; never calls the reactor after
-// Finish, and never calls the tracker while holding its own lock.
+// event; an event at or below the revision already queued or sent for its
+// generation is dropped (the hub and the SNAPSHOT may race). A terminal
+// event is never replaced (nothing follows it). A firehose whose client
+// stops reading can still pile up one event per generation, so past
+// `max_backlog` pending events the stream ends RESOURCE_EXHAUSTED and the
+// client resumes with fresh snapshots: memory stays bounded. Thread-safe;
+// never calls the reactor after Finish, and never calls the gateway while
+// holding its own lock.
 class EventStream : public core::EventSink,
                     public std::enable_shared_from_this<EventStream> {
  public:
@@ -32,13 +39,16 @@ class EventStream : public core::EventSink,
 
   // `ends_on_terminal`: finish with OK right after a terminal event (single
   // generation streams); the firehose never ends on its own.
-  EventStream(Reactor* reactor, core::Tracker* tracker, bool ends_on_terminal);
+  EventStream(Reactor* reactor, Gateway* gateway, bool ends_on_terminal,
+              size_t max_backlog);
 
   void OnEvent(core::EventPtr event) override;
 
   // Subscribes to one generation; on error finishes the RPC with it.
-  void WatchOne(const std::string& id, int64_t after_revision);
-  void WatchAll(const core::Filter& filter);
+  void WatchOne(const auth::Principal& who, const std::string& id,
+                int64_t after_revision);
+  void WatchAll(const auth::Principal& who,
+                const v1::WatchGenerationsRequest& request);
 
   // Sends a heartbeat if the stream has been idle for `interval`.
   void MaybeHeartbeat(absl::Time now, absl::Duration interval);
@@ -58,8 +68,9 @@ class EventStream : public core::EventSink,
   void Pump();
   void SetSubscription(uint64_t id);
 
-  core::Tracker* const tracker_;
+  Gateway* const gateway_;
   const bool ends_on_terminal_;
+  const size_t max_backlog_;
 
   absl::Mutex mu_;
   Reactor* reactor_ ABSL_GUARDED_BY(mu_);
@@ -72,6 +83,9 @@ class EventStream : public core::EventSink,
   uint64_t subscription_ ABSL_GUARDED_BY(mu_) = 0;
   std::string generation_id_ ABSL_GUARDED_BY(mu_);
   int64_t last_revision_ ABSL_GUARDED_BY(mu_) = 0;
+  // Newest revision queued or sent per generation (firehose); terminal
+  // generations leave it once their event is queued, as nothing follows.
+  std::unordered_map<std::string, int64_t> newest_ ABSL_GUARDED_BY(mu_);
   absl::Time last_activity_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -79,8 +93,8 @@ class EventStream : public core::EventSink,
 // deletes itself in OnDone. Owned by gRPC between creation and OnDone.
 class StreamReactor : public grpc::ServerWriteReactor<v1::GenerationEvent> {
  public:
-  StreamReactor(core::Tracker* tracker, StreamRegistry* registry,
-                bool ends_on_terminal);
+  StreamReactor(Gateway* gateway, StreamRegistry* registry,
+                const std::string& tenant, bool ends_on_terminal);
   const std::shared_ptr<EventStream>& stream() const { return stream_; }
   // False when the server is draining; the RPC is then finished UNAVAILABLE.
   bool registered() const { return registered_; }
@@ -92,19 +106,29 @@ class StreamReactor : public grpc::ServerWriteReactor<v1::GenerationEvent> {
  private:
   std::shared_ptr<EventStream> stream_;
   StreamRegistry* const registry_;
+  const std::string tenant_;
   bool registered_ = false;
 };
 
-// Every live stream, for heartbeats and drain. Runs one heartbeat thread for
-// all streams (no thread per stream). Thread-safe.
+struct StreamLimits {
+  int64_t max_streams = 100000;            // all tenants together
+  int64_t max_streams_per_tenant = 10000;  // one tenant's share
+  size_t max_backlog = 1024;               // pending events per stream
+};
+
+// Every live stream, for heartbeats, limits and drain. Runs one heartbeat
+// thread for all streams (no thread per stream). Thread-safe.
 class StreamRegistry {
  public:
-  explicit StreamRegistry(absl::Duration heartbeat_interval);
+  StreamRegistry(absl::Duration heartbeat_interval, StreamLimits limits = {});
   ~StreamRegistry();
 
-  bool Add(const std::shared_ptr<EventStream>& stream);
-  void Remove(EventStream* stream);
+  // UNAVAILABLE while draining; RESOURCE_EXHAUSTED past a limit.
+  absl::Status Add(const std::shared_ptr<EventStream>& stream,
+                   const std::string& tenant);
+  void Remove(EventStream* stream, const std::string& tenant);
   int64_t size();
+  const StreamLimits& limits() const { return limits_; }
 
   // Refuses new streams and finishes every live one with UNAVAILABLE.
   void Drain();
@@ -115,9 +139,11 @@ class StreamRegistry {
   void HeartbeatLoop();
 
   const absl::Duration interval_;
+  const StreamLimits limits_;
   absl::Mutex mu_;
   std::unordered_map<EventStream*, std::weak_ptr<EventStream>> streams_
       ABSL_GUARDED_BY(mu_);
+  std::unordered_map<std::string, int64_t> per_tenant_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread heartbeat_thread_;

@@ -6,7 +6,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_format.h"
 #include "server/api/log.h"
-#include "server/api/page_token.h"
+#include "absl/strings/str_cat.h"
+#include "server/auth/grpc_auth.h"
 #include "server/api/status_map.h"
 
 namespace videogen::api {
@@ -34,46 +35,23 @@ bool IsValidTraceParent(const std::string& tp) {
   return tp.substr(3, 32) != std::string(32, '0');
 }
 
-absl::StatusOr<store::ListQuery> ToListQuery(
-    const v1::ListGenerationsRequest& request) {
-  store::ListQuery query;
-  if (absl::Status s =
-          Validator::ValidatePageSize(request.page_size(), &query.page_size);
-      !s.ok()) {
-    return s;
+// What a failed create answers. A quota refusal carries google.rpc
+// QuotaFailure / ErrorInfo / RetryInfo details, so clients can back off
+// precisely.
+grpc::Status CreateStatus(const auth::Principal& who,
+                          const absl::Status& status) {
+  if (status.code() == absl::StatusCode::kResourceExhausted) {
+    const std::string_view limit = auth::LimitNamedIn(status.message());
+    if (!limit.empty()) {
+      const absl::Duration retry_after = limit == auth::kCreatesPerMinute
+                                             ? absl::Minutes(1)
+                                             : absl::ZeroDuration();
+      return auth::QuotaExceededStatus(status,
+                                       absl::StrCat("tenant:", who.tenant),
+                                       std::string(limit), retry_after);
+    }
   }
-  if (absl::Status s = Validator::ValidateLabelFilter(request.labels());
-      !s.ok()) {
-    return s;
-  }
-  for (int state : request.states()) {
-    query.states.push_back(static_cast<v1::Generation::State>(state));
-  }
-  query.labels.insert(request.labels().begin(), request.labels().end());
-  if (!request.page_token().empty()) {
-    absl::StatusOr<store::Cursor> cursor =
-        DecodePageToken(request.page_token(), FilterFingerprint(query));
-    if (!cursor.ok()) return cursor.status();
-    query.after = *std::move(cursor);
-  }
-  return query;
-}
-
-// One log line per accepted or refused creation, correlated by trace id.
-void LogCreate(const v1::GenerateRequest& req, const core::RequestContext& ctx,
-               const absl::StatusOr<core::GenerationPtr>& result) {
-  nlohmann::json fields = {{"request_id", req.request_id()},
-                           {"model", req.model()},
-                           {"trace_id", ctx.traceparent.substr(3, 32)}};
-  if (result.ok()) {
-    fields["generation_id"] = (*result)->id();
-    fields["upstream_id"] = (*result)->upstream_id();
-    Log("info", "generation_created", std::move(fields));
-  } else {
-    fields["code"] = absl::StatusCodeToString(result.status().code());
-    fields["error"] = std::string(result.status().message());
-    Log("warn", "generation_rejected", std::move(fields));
-  }
+  return ToGrpcStatus(status);
 }
 
 }  // namespace
@@ -91,107 +69,92 @@ std::string TraceParentOf(const grpc::CallbackServerContext& context) {
                          absl::Uniform<uint64_t>(gen));
 }
 
-VideoGenerationService::VideoGenerationService(core::Tracker* tracker,
-                                               StreamRegistry* registry,
-                                               Validator validator)
-    : tracker_(tracker),
-      registry_(registry),
-      validator_(std::move(validator)) {}
+VideoGenerationService::VideoGenerationService(Gateway* gateway,
+                                               auth::Authenticator* auth,
+                                               StreamRegistry* registry)
+    : gateway_(gateway), auth_(auth), registry_(registry) {}
 
-StreamReactor* VideoGenerationService::NewStream(bool ends_on_terminal) {
-  return new StreamReactor(tracker_, registry_, ends_on_terminal);
+absl::StatusOr<auth::Principal> VideoGenerationService::Who(
+    grpc::CallbackServerContext* context) {
+  return auth_->Authenticate(auth::AuthorizationOf(*context));
+}
+
+StreamReactor* VideoGenerationService::NewStream(
+    const absl::StatusOr<auth::Principal>& who, bool ends_on_terminal) {
+  auto* reactor = new StreamReactor(gateway_, registry_,
+                                    who.ok() ? who->tenant : "",
+                                    ends_on_terminal);
+  if (reactor->registered() && !who.ok()) {
+    reactor->stream()->Abort(ToGrpcStatus(who.status()));
+  }
+  return reactor;
 }
 
 grpc::ServerWriteReactor<v1::GenerationEvent>* VideoGenerationService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  StreamReactor* reactor = NewStream(/*ends_on_terminal=*/true);
-  if (!reactor->registered()) return reactor;
-  v1::GenerateRequest req = *request;
-  if (absl::Status s = validator_.ValidateAndDefault(req); !s.ok()) {
-    reactor->stream()->Abort(ToGrpcStatus(s));
-    return reactor;
-  }
+  absl::StatusOr<auth::Principal> who = Who(context);
+  StreamReactor* reactor = NewStream(who, /*ends_on_terminal=*/true);
+  if (!reactor->registered() || !who.ok()) return reactor;
   std::weak_ptr<EventStream> weak = reactor->stream();
   core::RequestContext ctx{TraceParentOf(*context)};
-  tracker_->Create(
-      req, ctx, [weak, req, ctx](absl::StatusOr<core::GenerationPtr> created) {
-        LogCreate(req, ctx, created);
-        auto stream = weak.lock();
-        if (stream == nullptr) return;  // client already gone
-        if (!created.ok()) {
-          stream->Abort(ToGrpcStatus(created.status()));
-          return;
-        }
-        stream->WatchOne((*created)->id(), 0);
-      });
+  gateway_->Create(*who, *request, ctx,
+                   [weak, who = *who](absl::StatusOr<core::GenerationPtr> g) {
+                     auto stream = weak.lock();
+                     if (stream == nullptr) return;  // client already gone
+                     if (!g.ok()) {
+                       stream->Abort(CreateStatus(who, g.status()));
+                       return;
+                     }
+                     stream->WatchOne(who, (*g)->id(), 0);
+                   });
   return reactor;
 }
 
 grpc::ServerUnaryReactor* VideoGenerationService::CreateGeneration(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
     v1::Generation* response) {
-  v1::GenerateRequest req = *request;
-  if (absl::Status s = validator_.ValidateAndDefault(req); !s.ok()) {
-    return FinishNow(context, s);
-  }
+  absl::StatusOr<auth::Principal> who = Who(context);
+  if (!who.ok()) return FinishNow(context, who.status());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   core::RequestContext ctx{TraceParentOf(*context)};
-  tracker_->Create(
-      req, ctx,
-      [reactor, response, req, ctx](absl::StatusOr<core::GenerationPtr> g) {
-        LogCreate(req, ctx, g);
+  gateway_->Create(
+      *who, *request, ctx,
+      [reactor, response, who = *who](absl::StatusOr<core::GenerationPtr> g) {
         if (g.ok()) *response = **g;
-        reactor->Finish(ToGrpcStatus(g.status()));
+        reactor->Finish(g.ok() ? grpc::Status::OK
+                               : CreateStatus(who, g.status()));
       });
   return reactor;
 }
 
 grpc::ServerWriteReactor<v1::GenerationEvent>*
 VideoGenerationService::WatchGeneration(
-    grpc::CallbackServerContext* /*context*/,
+    grpc::CallbackServerContext* context,
     const v1::WatchGenerationRequest* request) {
-  StreamReactor* reactor = NewStream(/*ends_on_terminal=*/true);
-  if (!reactor->registered()) return reactor;
-  absl::Status s = Validator::ValidateId(request->id());
-  if (s.ok() && request->after_revision() < 0) {
-    s = absl::InvalidArgumentError(
-        "after_revision must be >= 0: pass the last revision seen, or 0");
-  }
-  if (!s.ok()) {
-    reactor->stream()->Abort(ToGrpcStatus(s));
-    return reactor;
-  }
-  reactor->stream()->WatchOne(request->id(), request->after_revision());
+  absl::StatusOr<auth::Principal> who = Who(context);
+  StreamReactor* reactor = NewStream(who, /*ends_on_terminal=*/true);
+  if (!reactor->registered() || !who.ok()) return reactor;
+  reactor->stream()->WatchOne(*who, request->id(), request->after_revision());
   return reactor;
 }
 
 grpc::ServerWriteReactor<v1::GenerationEvent>*
 VideoGenerationService::WatchGenerations(
-    grpc::CallbackServerContext* /*context*/,
+    grpc::CallbackServerContext* context,
     const v1::WatchGenerationsRequest* request) {
-  StreamReactor* reactor = NewStream(/*ends_on_terminal=*/false);
-  if (!reactor->registered()) return reactor;
-  if (absl::Status s = Validator::ValidateLabelFilter(request->labels());
-      !s.ok()) {
-    reactor->stream()->Abort(ToGrpcStatus(s));
-    return reactor;
-  }
-  core::Filter filter;
-  for (int state : request->states()) {
-    filter.states.insert(static_cast<v1::Generation::State>(state));
-  }
-  filter.labels.insert(request->labels().begin(), request->labels().end());
-  reactor->stream()->WatchAll(filter);
+  absl::StatusOr<auth::Principal> who = Who(context);
+  StreamReactor* reactor = NewStream(who, /*ends_on_terminal=*/false);
+  if (!reactor->registered() || !who.ok()) return reactor;
+  reactor->stream()->WatchAll(*who, *request);
   return reactor;
 }
 
 grpc::ServerUnaryReactor* VideoGenerationService::GetGeneration(
     grpc::CallbackServerContext* context,
     const v1::GetGenerationRequest* request, v1::Generation* response) {
-  if (absl::Status s = Validator::ValidateId(request->id()); !s.ok()) {
-    return FinishNow(context, s);
-  }
-  absl::StatusOr<core::GenerationPtr> g = tracker_->Get(request->id());
+  absl::StatusOr<auth::Principal> who = Who(context);
+  if (!who.ok()) return FinishNow(context, who.status());
+  absl::StatusOr<core::GenerationPtr> g = gateway_->Get(*who, request->id());
   if (g.ok()) *response = **g;
   return FinishNow(context, g.status());
 }
@@ -200,31 +163,21 @@ grpc::ServerUnaryReactor* VideoGenerationService::ListGenerations(
     grpc::CallbackServerContext* context,
     const v1::ListGenerationsRequest* request,
     v1::ListGenerationsResponse* response) {
-  absl::StatusOr<store::ListQuery> query = ToListQuery(*request);
-  if (!query.ok()) return FinishNow(context, query.status());
-  absl::StatusOr<store::ListPage> page = tracker_->List(*query);
-  if (!page.ok()) return FinishNow(context, page.status());
-  for (auto& g : page->generations) *response->add_generations() = std::move(g);
-  if (page->next.has_value()) {
-    response->set_next_page_token(
-        EncodePageToken(*page->next, FilterFingerprint(*query)));
-  }
-  return FinishNow(context, absl::OkStatus());
+  absl::StatusOr<auth::Principal> who = Who(context);
+  if (!who.ok()) return FinishNow(context, who.status());
+  absl::StatusOr<v1::ListGenerationsResponse> page =
+      gateway_->List(*who, *request);
+  if (page.ok()) *response = *std::move(page);
+  return FinishNow(context, page.status());
 }
 
 grpc::ServerUnaryReactor* VideoGenerationService::CancelGeneration(
     grpc::CallbackServerContext* context,
     const v1::CancelGenerationRequest* request, v1::Generation* response) {
-  if (absl::Status s = Validator::ValidateId(request->id()); !s.ok()) {
-    return FinishNow(context, s);
-  }
-  absl::StatusOr<core::GenerationPtr> g = tracker_->Cancel(request->id());
-  if (g.ok()) {
-    *response = **g;
-    Log("info", "generation_cancel_requested",
-        {{"generation_id", request->id()},
-         {"request_id", (*g)->request().request_id()}});
-  }
+  absl::StatusOr<auth::Principal> who = Who(context);
+  if (!who.ok()) return FinishNow(context, who.status());
+  absl::StatusOr<core::GenerationPtr> g = gateway_->Cancel(*who, request->id());
+  if (g.ok()) *response = **g;
   return FinishNow(context, g.status());
 }
 

@@ -3,21 +3,22 @@
 #include <string>
 
 #include "server/api/event_stream.h"
-#include "server/api/validation.h"
-#include "server/core/tracker.h"
+#include "server/api/gateway.h"
+#include "server/auth/authenticator.h"
 #include "videogen/v1/video_generation.grpc.pb.h"
 
 namespace videogen::api {
 
-// The VideoGeneration gRPC service on the callback API: validates at the
-// edge, calls the tracker, and maps absl::Status to grpc::Status. No thread
-// per stream: each stream is a StreamReactor. Methods run on gRPC callback
-// threads; the service itself holds no mutable state.
+// The VideoGeneration gRPC service on the callback API: authenticates the
+// caller, hands the request to the Gateway (validation, tenants, quotas,
+// the tracker) and maps absl::Status to grpc::Status. No thread per stream:
+// each stream is a StreamReactor. Methods run on gRPC callback threads; the
+// service itself holds no mutable state.
 class VideoGenerationService final
     : public v1::VideoGeneration::CallbackService {
  public:
-  VideoGenerationService(core::Tracker* tracker, StreamRegistry* registry,
-                         Validator validator);
+  VideoGenerationService(Gateway* gateway, auth::Authenticator* auth,
+                         StreamRegistry* registry);
 
   grpc::ServerWriteReactor<v1::GenerationEvent>* Generate(
       grpc::CallbackServerContext* context,
@@ -45,11 +46,14 @@ class VideoGenerationService final
       v1::Generation* response) override;
 
  private:
-  StreamReactor* NewStream(bool ends_on_terminal);
+  absl::StatusOr<auth::Principal> Who(grpc::CallbackServerContext* context);
+  // A stream reactor for `who`; finished at once with `who`'s error.
+  StreamReactor* NewStream(const absl::StatusOr<auth::Principal>& who,
+                           bool ends_on_terminal);
 
-  core::Tracker* const tracker_;
+  Gateway* const gateway_;
+  auth::Authenticator* const auth_;
   StreamRegistry* const registry_;
-  const Validator validator_;
 };
 
 // The W3C trace context of an incoming call, or a fresh one.

@@ -5,6 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 
 namespace videogen::api {
@@ -37,9 +38,76 @@ absl::Status Invalid(absl::string_view message) {
   return absl::InvalidArgumentError(message);
 }
 
+// Decodes one UTF-8 code point at s[*i] and advances *i; -1 when invalid
+// (overlong, surrogate, out of range or truncated).
+int32_t NextCodePoint(const std::string& s, size_t* i) {
+  const auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = byte(*i);
+  int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3
+                                           : (c >> 3) == 30 ? 4
+                                                            : 0;
+  if (len == 0 || *i + len > s.size()) return -1;
+  int32_t cp = len == 1 ? c : c & (0x7F >> len);
+  for (int k = 1; k < len; ++k) {
+    if ((byte(*i + k) & 0xC0) != 0x80) return -1;
+    cp = (cp << 6) | (byte(*i + k) & 0x3F);
+  }
+  static constexpr int32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+  if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+    return -1;
+  }
+  *i += len;
+  return cp;
+}
+
+// Unicode White_Space plus the invisible format characters a prompt of
+// "nothing" is made of (zero-width space and joiners, word joiner, BOM).
+bool IsBlank(int32_t cp) {
+  return cp == ' ' || (cp >= 0x09 && cp <= 0x0D) || cp == 0x85 ||
+         cp == 0xA0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200D) ||
+         cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
+         cp == 0x2060 || cp == 0x3000 || cp == 0xFEFF || cp == 0x180E;
+}
+
+// Control characters other than tab and line breaks have no place in text
+// sent to the upstream (NUL truncates it in some stacks).
+bool IsForbiddenControl(int32_t cp) {
+  return (cp < 0x20 && cp != '\t' && cp != '\n' && cp != '\r') ||
+         cp == 0x7F || (cp >= 0x80 && cp < 0xA0);
+}
+
+absl::Status ValidateText(const std::string& field, const std::string& text,
+                          bool required) {
+  bool blank = true;
+  for (size_t i = 0; i < text.size();) {
+    const int32_t cp = NextCodePoint(text, &i);
+    if (cp < 0) {
+      return Invalid(absl::StrCat(field, " is not valid UTF-8"));
+    }
+    if (IsForbiddenControl(cp)) {
+      return Invalid(absl::StrCat(
+          field, " contains a control character (U+",
+          absl::Hex(cp, absl::kZeroPad4),
+          "); remove it: only tab and line breaks are allowed"));
+    }
+    blank = blank && IsBlank(cp);
+  }
+  if (required && blank) {
+    return Invalid(absl::StrCat(
+        field, " is required: describe what the video should show (it is "
+               "empty or only whitespace)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidatePrompt(const v1::GenerateRequest& r) {
-  if (absl::StripAsciiWhitespace(r.prompt()).empty()) {
-    return Invalid("prompt is required: describe what the video should show");
+  if (absl::Status s = ValidateText("prompt", r.prompt(), true); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = ValidateText("negative_prompt", r.negative_prompt(),
+                                    false);
+      !s.ok()) {
+    return s;
   }
   if (CountChars(r.prompt()) > kMaxPromptChars) {
     return Invalid(absl::StrCat("prompt has ", CountChars(r.prompt()),
@@ -136,7 +204,46 @@ absl::Status Validator::ValidateAndDefault(v1::GenerateRequest& r) const {
   if (r.model().empty()) r.set_model(kDefaultModel);
   if (absl::Status s = ValidateModel(r); !s.ok()) return s;
   if (absl::Status s = ValidateShape(r); !s.ok()) return s;
-  return ValidateLabels(r.labels());
+  if (absl::Status s = ValidateLabels(r.labels()); !s.ok()) return s;
+  if (r.webhook_url().size() > kMaxImageUrlChars) {
+    return Invalid(absl::StrCat("webhook_url must be at most ",
+                                kMaxImageUrlChars, " characters"));
+  }
+  std::vector<v1::Generation::State> states;
+  if (absl::Status s = ValidateStates("webhook_states", r.webhook_states(),
+                                      &states);
+      !s.ok()) {
+    return s;
+  }
+  if (!states.empty() && r.webhook_url().empty()) {
+    return Invalid("webhook_states needs a webhook_url");
+  }
+  r.clear_webhook_states();
+  for (auto state : states) r.add_webhook_states(state);
+  return absl::OkStatus();
+}
+
+absl::Status Validator::ValidateStates(
+    const std::string& field,
+    const google::protobuf::RepeatedField<int>& states,
+    std::vector<v1::Generation::State>* out) {
+  if (states.size() > kMaxStateFilters) {
+    return Invalid(absl::StrCat(field, " has ", states.size(),
+                                " entries; list each state at most once"));
+  }
+  std::set<v1::Generation::State> seen;
+  for (int state : states) {
+    if (state == v1::Generation::STATE_UNSPECIFIED ||
+        !v1::Generation::State_IsValid(state)) {
+      return Invalid(absl::StrCat(
+          field, " has an unknown state (", state,
+          "); use STATE_QUEUED, STATE_GENERATING, STATE_COMPLETED, "
+          "STATE_FAILED or STATE_CANCELLED"));
+    }
+    seen.insert(static_cast<v1::Generation::State>(state));
+  }
+  out->assign(seen.begin(), seen.end());
+  return absl::OkStatus();
 }
 
 absl::Status Validator::ValidateModel(const v1::GenerateRequest& r) const {

@@ -17,6 +17,8 @@ inline constexpr int kMaxLabelChars = 63;
 inline constexpr int kMaxImageUrlChars = 2048;
 inline constexpr int kDefaultPageSize = 50;
 inline constexpr int kMaxPageSize = 1000;
+// A states filter longer than this repeats itself (there are five states).
+inline constexpr int kMaxStateFilters = 16;
 inline constexpr char kDefaultModel[] = "klingai/v2-master-text-to-video";
 
 // The Kling models videogen accepts unless --models says otherwise.
@@ -37,6 +39,13 @@ class Validator {
       const google::protobuf::Map<std::string, std::string>& labels);
   // Returns the effective page size (default, clamped) or an error.
   static absl::Status ValidatePageSize(int page_size, int* effective);
+  // Checks a states filter: known states only (an unknown number, from a
+  // newer client or a typo, is an error rather than silently ignored), at
+  // most kMaxStateFilters entries; `out` gets them de-duplicated.
+  static absl::Status ValidateStates(
+      const std::string& field,
+      const google::protobuf::RepeatedField<int>& states,
+      std::vector<v1::Generation::State>* out);
 
  private:
   absl::Status ValidateModel(const v1::GenerateRequest& request) const;

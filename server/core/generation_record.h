@@ -5,6 +5,7 @@
 #include "absl/time/time.h"
 #include "google/protobuf/timestamp.pb.h"
 #include "server/upstream/upstream.h"
+#include "server/util/proto_time.h"
 #include "videogen/v1/video_generation.pb.h"
 
 namespace videogen::core {
@@ -16,8 +17,8 @@ namespace videogen::core {
 
 bool IsTerminal(v1::Generation::State state);
 
-google::protobuf::Timestamp ToTimestamp(absl::Time t);
-absl::Time FromTimestamp(const google::protobuf::Timestamp& ts);
+using util::FromTimestamp;
+using util::ToTimestamp;
 
 // Applies one poll answer (state already mapped by the upstream layer).
 // Returns true when anything a client can see changed. kUnknown keeps the

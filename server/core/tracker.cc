@@ -1,33 +1,30 @@
+// The Tracker's loop, creates and the one submit (design.md §5). Polls,
+// mirroring, leases and recovery are in tracker_poll.cc.
 #include "server/core/tracker.h"
 
 #include <algorithm>
-#include <cstdio>
-#include <memory>
-#include <optional>
-#include <random>
-#include <string>
-#include <thread>
 #include <utility>
-#include <vector>
 
-#include "absl/container/node_hash_map.h"
 #include "absl/random/distributions.h"
 #include "absl/random/random.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "server/core/generation_record.h"
-#include "server/core/poll_schedule.h"
+#include "server/core/tracker_impl.h"
+#include "server/util/log.h"
 
 namespace videogen::core {
 namespace {
 
 using google::protobuf::util::MessageDifferencer;
 
-// Upper bound on one poller wait, so a clock that is moved by hand (tests)
-// is noticed without a signal.
-constexpr absl::Duration kMaxPollerWait = absl::Seconds(1);
+// Upper bound on one idle wait, so a clock moved by hand is noticed.
+constexpr absl::Duration kMaxIdleWait = absl::Milliseconds(100);
+// A create that joins a submit running on another replica re-reads the
+// store this often, this many times.
+constexpr absl::Duration kJoinRecheck = absl::Milliseconds(200);
+constexpr int kJoinAttempts = 300;
 
 std::string NewId() {
   thread_local absl::BitGen gen;  // seeded from the OS entropy source
@@ -40,11 +37,15 @@ std::string NewId() {
   return id;
 }
 
-upstream::SubmitRequest ToSubmit(const v1::GenerateRequest& r,
-                                 const std::string& id,
-                                 const RequestContext& ctx) {
+std::string RequestKey(const std::string& tenant, const std::string& rid) {
+  return absl::StrCat(tenant, "\n", rid);
+}
+
+upstream::SubmitRequest ToSubmit(const v1::Generation& g,
+                                 const std::string& traceparent) {
+  const v1::GenerateRequest& r = g.request();
   upstream::SubmitRequest s;
-  s.client_request_id = id;
+  s.client_request_id = g.id();
   s.model = r.model();
   s.prompt = r.prompt();
   s.negative_prompt = r.negative_prompt();
@@ -52,795 +53,587 @@ upstream::SubmitRequest ToSubmit(const v1::GenerateRequest& r,
   s.duration_seconds = r.duration_seconds();
   if (r.has_cfg_scale()) s.cfg_scale = r.cfg_scale();
   s.image_url = r.image_url();
-  s.traceparent = ctx.traceparent;
+  s.traceparent = traceparent;
   return s;
 }
 
-absl::Status AlreadyExists(const std::string& request_id,
-                           const std::string& id) {
+absl::Status AlreadyExists(const std::string& request_id) {
+  // No generation id in the message: it is the same tenant's, but a
+  // message that names ids invites treating it as a lookup.
   return absl::AlreadyExistsError(absl::StrCat(
       "request_id \"", request_id,
-      "\" was already used with different parameters (generation \"", id,
-      "\"); send the same parameters to get that generation, or use a new "
-      "request_id"));
+      "\" was already used with different parameters; send the same "
+      "parameters to get that generation, or use a new request_id"));
 }
 
-absl::Status NotFound(const std::string& id) {
-  return absl::NotFoundError(absl::StrCat("generation \"", id, "\" not found"));
-}
-
-EventPtr MakeEvent(v1::GenerationEvent::Type type, const v1::Generation& g,
-                   absl::Time observed) {
-  auto event = std::make_shared<v1::GenerationEvent>();
-  event->set_type(type);
-  *event->mutable_generation() = g;
-  *event->mutable_observe_time() = ToTimestamp(observed);
-  return event;
+absl::Status Stopping() {
+  return absl::UnavailableError(
+      "the server is shutting down; retry with the same request_id");
 }
 
 }  // namespace
 
-bool Filter::Matches(const v1::Generation& g) const {
-  if (!states.empty() && states.count(g.state()) == 0) return false;
-  for (const auto& [key, value] : labels) {
-    auto it = g.labels().find(key);
-    if (it == g.labels().end() || it->second != value) return false;
-  }
+// ---- Inbox -----------------------------------------------------------------
+
+bool Inbox::Post(Task task) {
+  absl::MutexLock lock(&mu_);
+  if (closed_) return false;
+  tasks_.push_back(std::move(task));
   return true;
 }
 
-// All tracker state lives behind one mutex, mu_. Threads: RPC threads call
-// Create/Get/Cancel/Subscribe; the upstream's thread runs Submit/Poll
-// callbacks; the poller thread (or a test) runs RunDuePolls. Every result is
-// applied where it arrives, under mu_, in this order: store write, in-memory
-// record, event to the sinks (also under mu_, which keeps revision order per
-// generation). The store is expected to be fast; sinks must not block.
-// Upstream calls and Create's `done` run without mu_ held.
-//
-// Upstream callbacks reach the Impl through a Guard: ~Impl stops the poller,
-// then closes the Guard, which waits for callbacks in progress; later ones
-// do nothing. So the Upstream may outlive the Tracker and vice versa.
-//
-// Generations live in memory from creation until they become terminal; after
-// that they are read from the store (Get, Subscribe, Cancel, request_id
-// lookups), so memory stays bounded by the active set. CountByState reports
-// active generations plus terminal transitions seen by this process.
-//
-// A failed store write: on Create the RPC gets the error and nothing is
-// submitted; on Cancel the RPC gets the error and nothing changes; on a poll
-// result the change is not applied and the poll is retried with backoff; on
-// the submit answer (the upstream job exists and its id lives only here) the
-// change is applied in memory anyway and the next write persists it.
-class Tracker::Impl {
- public:
-  Impl(TrackerOptions options, upstream::Upstream* upstream,
-       store::Store* store, Clock* clock)
-      : options_(options),
-        upstream_(upstream),
-        store_(store),
-        clock_(clock),
-        guard_(std::make_shared<Guard>(this)),
-        jitter_rng_(options.seed != 0 ? options.seed : std::random_device{}()) {
+std::deque<Inbox::Task> Inbox::TakeAll() {
+  absl::MutexLock lock(&mu_);
+  std::deque<Task> out;
+  out.swap(tasks_);
+  woken_ = false;
+  return out;
+}
+
+void Inbox::Wait(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return !tasks_.empty() || woken_;
+  };
+  mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
+  woken_ = false;
+}
+
+void Inbox::Wake() {
+  absl::MutexLock lock(&mu_);
+  woken_ = true;
+}
+
+void Inbox::Close() {
+  absl::MutexLock lock(&mu_);
+  closed_ = true;
+}
+
+bool Inbox::closed() {
+  absl::MutexLock lock(&mu_);
+  return closed_;
+}
+
+// ---- Loop ------------------------------------------------------------------
+
+Tracker::Impl::Impl(TrackerOptions options, upstream::Upstream* upstream,
+                    store::Store* store, Clock* clock)
+    : options_(std::move(options)),
+      upstream_(upstream),
+      store_(store),
+      clock_(clock),
+      inbox_(std::make_shared<Inbox>()),
+      rng_(options_.seed != 0 ? options_.seed : std::random_device{}()),
+      reconciler_(
+          ReconcilerOptions{options_.reconcile_window,
+                            options_.reconcile_rate_per_minute,
+                            options_.reconcile_interval},
+          upstream, clock,
+          // Every usage-log answer is followed by a tick, which asks for
+          // the next page or schedules the next pass.
+          [this, inbox = inbox_](std::function<void()> f) {
+            inbox->Post([this, f = std::move(f)] {
+              f();
+              ReconcileTick();
+            });
+            inbox->Wake();
+          },
+          [this](const std::string& id, const upstream::LogRow& row) {
+            OnFoundInLog(id, row);
+          },
+          [this](const std::string& id) { OnNotFoundInLog(id); }) {}
+
+Tracker::Impl::~Impl() { Stop(); }
+
+void Tracker::Impl::Post(std::function<void(Impl*)> task) {
+  inbox_->Post([this, task = std::move(task)] { task(this); });
+}
+
+void Tracker::Impl::PostAfter(absl::Time when, std::function<void()> task) {
+  timers_.emplace(when, std::move(task));
+}
+
+absl::Time Tracker::Impl::NextDue() {
+  absl::Time due = schedule_.NextDue();
+  if (!timers_.empty()) due = std::min(due, timers_.begin()->first);
+  if (reconcile_timer_set_) due = std::min(due, reconcile_due_);
+  return due;
+}
+
+void Tracker::Impl::RunTasks() {
+  for (auto& task : inbox_->TakeAll()) task();
+}
+
+void Tracker::Impl::RunTimers() {
+  const absl::Time now = clock_->Now();
+  while (!timers_.empty() && timers_.begin()->first <= now) {
+    auto task = std::move(timers_.begin()->second);
+    timers_.erase(timers_.begin());
+    task();
   }
+  if (reconcile_timer_set_ && reconcile_due_ <= now) ReconcileTick();
+  RunDuePolls();
+}
 
-  ~Impl() {
-    StopPoller();
-    guard_->Close();
+absl::Time Tracker::Impl::RunUntilIdle() {
+  for (int round = 0; round < 1000; ++round) {
+    RunTasks();
+    RunTimers();
+    const absl::Time due = NextDue();
+    if (due > clock_->Now()) {
+      // Tasks posted by callbacks that answered at once run next round.
+      std::deque<Inbox::Task> more = inbox_->TakeAll();
+      if (more.empty()) return due;
+      for (auto& task : more) task();
+    }
   }
+  return NextDue();
+}
 
-  absl::Status Recover();
-  void Create(const v1::GenerateRequest& request, const RequestContext& ctx,
-              CreateCallback done);
-  absl::StatusOr<GenerationPtr> Get(const std::string& id);
-  absl::StatusOr<store::ListPage> List(const store::ListQuery& query) {
-    return store_->List(query);
+void Tracker::Impl::LoopThread() {
+  while (!stop_thread_.load()) {
+    RunTasks();
+    RunTimers();
+    const absl::Time now = clock_->Now();
+    const absl::Time due = std::min(NextDue(), now + kMaxIdleWait);
+    if (due > now) inbox_->Wait(absl::Now() + (due - now));
   }
-  absl::StatusOr<GenerationPtr> Cancel(const std::string& id);
-  absl::StatusOr<Subscription> Subscribe(const std::string& id,
-                                         int64_t after_revision,
-                                         std::shared_ptr<EventSink> sink);
-  Subscription SubscribeAll(const Filter& filter,
-                            std::shared_ptr<EventSink> sink);
-  void Unsubscribe(uint64_t subscription_id);
-  absl::Time RunDuePolls();
-  void StartPoller();
-  void StopPoller();
-  std::map<v1::Generation::State, int64_t> CountByState();
+}
 
- private:
-  // Lets upstream callbacks outlive the Impl safely (see class comment).
-  struct Guard {
-    explicit Guard(Impl* i) : impl(i) {}
-    // Runs f(impl) unless the Impl is gone. Not a lock held across f, so a
-    // callback may re-enter the tracker.
-    template <typename F>
-    static void Call(const std::shared_ptr<Guard>& guard, F f) {
-      Impl* impl;
-      {
-        absl::MutexLock lock(&guard->mu);
-        impl = guard->impl;
-        if (impl == nullptr) return;
-        ++guard->running;
-      }
-      f(impl);
-      absl::MutexLock lock(&guard->mu);
-      --guard->running;
+void Tracker::Impl::Start() {
+  absl::MutexLock control(&control_mu_);
+  if (thread_.joinable()) return;
+  stop_thread_ = false;
+  thread_ = std::thread([this] { LoopThread(); });
+}
+
+void Tracker::Impl::Stop() {
+  {
+    absl::MutexLock control(&control_mu_);
+    if (thread_.joinable()) {
+      stop_thread_ = true;
+      inbox_->Wake();
+      thread_.join();
     }
-    // Stops new calls and waits for running ones.
-    void Close() {
-      absl::MutexLock lock(&mu);
-      impl = nullptr;
-      mu.Await(absl::Condition(
-          +[](int* running) { return *running == 0; }, &running));
-    }
-    absl::Mutex mu;
-    Impl* impl ABSL_GUARDED_BY(mu);
-    int running ABSL_GUARDED_BY(mu) = 0;
-  };
+  }
+  if (stopping_) return;
+  // Refuse new work, then finish what was already posted: submit answers are
+  // applied (they are real results); creates that did not start fail.
+  inbox_->Close();
+  stopping_ = true;
+  RunTasks();
+  reconciler_.Shutdown();
+  for (auto& [id, e] : entries_) FailWaiters(e, Stopping());
+}
 
-  // One generation that is not terminal yet. Guarded by mu_.
-  struct Entry {
-    store::Record record;   // as last written to the store
-    GenerationPtr current;  // immutable copy of record.generation
-    std::string traceparent;
-    bool submitting = false;              // upstream Submit in flight
-    std::vector<CreateCallback> waiters;  // Creates waiting for that submit
-    bool poll_in_flight = false;
-    uint64_t poll_token = 0;  // matches the callback of the poll in flight
-    absl::Time due = absl::InfinitePast();  // when the next poll should run
-    absl::Duration backoff = absl::ZeroDuration();
-    std::map<uint64_t, std::shared_ptr<EventSink>> sinks;
-  };
-  using Entries = absl::node_hash_map<std::string, Entry>;
+void Tracker::Impl::FailWaiters(Entry& e, const absl::Status& status) {
+  std::vector<CreateCallback> waiters;
+  waiters.swap(e.waiters);
+  for (CreateCallback& done : waiters) done(status);
+}
 
-  struct FirehoseSub {
-    Filter filter;
-    std::shared_ptr<EventSink> sink;
-  };
-
-  struct Waiters {
-    std::vector<CreateCallback> callbacks;
-    absl::StatusOr<GenerationPtr> result = absl::UnknownError("unset");
-    void Run() {
-      for (CreateCallback& done : callbacks) done(result);
-    }
-  };
-
-  enum class Join { kNew, kQueued, kAnswered };
-  // Looks `request.request_id` up. kQueued: `done` now waits for the submit
-  // in flight. kAnswered: `*answer` is set.
-  Join JoinLocked(const v1::GenerateRequest& request, CreateCallback& done,
-                  absl::StatusOr<GenerationPtr>* answer)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Records the intent and registers `done` as the first waiter.
-  absl::Status StartLocked(const v1::GenerateRequest& request,
-                           const RequestContext& ctx, CreateCallback& done,
-                           std::string* id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void OnSubmitted(const std::string& id,
-                   absl::StatusOr<upstream::SubmitResult> result);
-  void OnPolled(const std::string& id, uint64_t token,
-                absl::StatusOr<upstream::Snapshot> result);
-
-  // Writes `next` to the store; on success makes it current and announces
-  // it. The caller has already bumped the revision.
-  absl::Status CommitLocked(Entry& e, v1::Generation next, absl::Time now)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void AnnounceLocked(Entry& e, absl::Time now)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Fails the generation; returns false when the store write failed.
-  bool FailLocked(Entry& e, int code, std::string reason, std::string message,
-                  absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void FailDeadlineLocked(Entry& e, absl::Time now)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Drops a terminal generation from memory with its subscriptions.
-  void EvictLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ScheduleLocked(const std::string& id, Entry& e, absl::Time due)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void BackoffLocked(const std::string& id, Entry& e, absl::Time now)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Duration JitteredLocked(absl::Duration d)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void PollerLoop();
-
-  const TrackerOptions options_;
-  upstream::Upstream* const upstream_;
-  store::Store* const store_;
-  Clock* const clock_;
-  const std::shared_ptr<Guard> guard_;
-
-  absl::Mutex mu_;
-  Entries entries_ ABSL_GUARDED_BY(mu_);
-  // request_id -> id, for generations in entries_.
-  absl::flat_hash_map<std::string, std::string> by_request_
-      ABSL_GUARDED_BY(mu_);
-  // subscription id -> generation id ("" for a firehose subscription).
-  absl::flat_hash_map<uint64_t, std::string> subs_ ABSL_GUARDED_BY(mu_);
-  std::map<uint64_t, FirehoseSub> firehose_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_sub_ ABSL_GUARDED_BY(mu_) = 1;
-  uint64_t next_poll_token_ ABSL_GUARDED_BY(mu_) = 1;
-  PollSchedule schedule_ ABSL_GUARDED_BY(mu_);
-  std::mt19937_64 jitter_rng_ ABSL_GUARDED_BY(mu_);
-  std::map<v1::Generation::State, int64_t> terminal_counts_
-      ABSL_GUARDED_BY(mu_);
-  // Clock time the poller sleeps until; InfinitePast when it is not asleep.
-  absl::Time poller_wake_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
-  bool stop_poller_ ABSL_GUARDED_BY(mu_) = false;
-  absl::CondVar poller_cv_;
-
-  absl::Mutex control_mu_;  // serializes StartPoller / StopPoller
-  std::thread poller_ ABSL_GUARDED_BY(control_mu_);
-};
+std::map<v1::Generation::State, int64_t> Tracker::Impl::CountByState() {
+  absl::MutexLock lock(&counts_mu_);
+  std::map<v1::Generation::State, int64_t> counts = terminal_counts_;
+  for (const auto& [state, n] : active_counts_) counts[state] += n;
+  return counts;
+}
 
 // ---- Create ----------------------------------------------------------------
 
-Tracker::Impl::Join Tracker::Impl::JoinLocked(
-    const v1::GenerateRequest& request, CreateCallback& done,
-    absl::StatusOr<GenerationPtr>* answer) {
-  const std::string& rid = request.request_id();
-  if (rid.empty()) return Join::kNew;
-  if (auto idx = by_request_.find(rid); idx != by_request_.end()) {
-    Entry& e = entries_.at(idx->second);
-    if (!MessageDifferencer::Equals(e.record.generation.request(), request)) {
-      *answer = AlreadyExists(rid, idx->second);
-    } else if (e.submitting) {
-      e.waiters.push_back(std::move(done));
-      return Join::kQueued;
-    } else {
-      *answer = e.current;
-    }
-    return Join::kAnswered;
-  }
-  // Not in memory: terminal, or from before a restart.
-  absl::StatusOr<std::optional<store::Record>> stored =
-      store_->GetByRequestId(rid);
-  if (!stored.ok()) {
-    *answer = stored.status();
-    return Join::kAnswered;
-  }
-  if (!stored->has_value()) return Join::kNew;
-  const v1::Generation& g = (*stored)->generation;
-  if (!MessageDifferencer::Equals(g.request(), request)) {
-    *answer = AlreadyExists(rid, g.id());
-  } else {
-    *answer = std::make_shared<const v1::Generation>(g);
-  }
-  return Join::kAnswered;
+void Tracker::Impl::Create(CreateRequest request, CreateCallback done) {
+  auto shared_done = std::make_shared<CreateCallback>(std::move(done));
+  const bool posted = inbox_->Post(
+      [this, request = std::move(request), shared_done]() mutable {
+        StartCreate(std::move(request), std::move(*shared_done));
+      });
+  if (!posted) (*shared_done)(Stopping());
+  inbox_->Wake();
 }
 
-void Tracker::Impl::Create(const v1::GenerateRequest& request,
-                           const RequestContext& ctx, CreateCallback done) {
-  absl::StatusOr<GenerationPtr> answer = absl::UnknownError("unset");
-  bool answered = true;  // false: submit `id` upstream
-  std::string id;
-  {
-    absl::MutexLock lock(&mu_);
-    switch (JoinLocked(request, done, &answer)) {
-      case Join::kQueued:
-        return;
-      case Join::kAnswered:
-        break;
-      case Join::kNew:
-        if (absl::Status s = StartLocked(request, ctx, done, &id); s.ok()) {
-          answered = false;
-        } else {
-          answer = s;
-        }
-        break;
-    }
-  }
-  if (answered) {
-    done(std::move(answer));
+void Tracker::Impl::StartCreate(CreateRequest request, CreateCallback done) {
+  if (stopping_) {
+    done(Stopping());
     return;
   }
-  upstream_->Submit(
-      ToSubmit(request, id, ctx),
-      [guard = guard_, id](absl::StatusOr<upstream::SubmitResult> r) {
-        Guard::Call(guard,
-                    [&](Impl* impl) { impl->OnSubmitted(id, std::move(r)); });
-      });
-}
-
-absl::Status Tracker::Impl::StartLocked(const v1::GenerateRequest& request,
-                                        const RequestContext& ctx,
-                                        CreateCallback& done, std::string* id) {
+  const std::string& rid = request.request.request_id();
+  // A submit for this key is in flight here: wait for its answer.
+  if (!rid.empty()) {
+    auto idx = by_request_.find(RequestKey(request.tenant, rid));
+    if (idx != by_request_.end()) {
+      Entry& e = entries_.at(idx->second);
+      if (!MessageDifferencer::Equals(e.record.generation.request(),
+                                      request.request)) {
+        done(AlreadyExists(rid));
+      } else if (e.phase == Phase::kRejected) {
+        done(e.rejection);
+      } else {
+        e.waiters.push_back(std::move(done));
+      }
+      return;
+    }
+  }
   const absl::Time now = clock_->Now();
-  *id = NewId();
   store::Record record;
   v1::Generation& g = record.generation;
-  g.set_id(*id);
+  g.set_id(NewId());
   g.set_state(v1::Generation::STATE_QUEUED);
-  *g.mutable_request() = request;
-  *g.mutable_labels() = request.labels();
+  g.set_tenant(request.tenant);
+  *g.mutable_request() = request.request;
+  *g.mutable_labels() = request.request.labels();
   *g.mutable_create_time() = ToTimestamp(now);
   *g.mutable_update_time() = ToTimestamp(now);
   record.deadline = now + options_.generation_deadline;
-  // The intent is durable before the submit, so a crash never leads to a
-  // blind resubmit (Recover fails it instead).
-  if (absl::Status s = store_->Put(record); !s.ok()) return s;
-  Entry& e = entries_[*id];
-  e.current = std::make_shared<const v1::Generation>(g);
+  record.submit = store::SubmitPhase::kPending;
+  record.owner = options_.owner;
+  record.lease_until = now + options_.lease_duration;
+  std::optional<store::Record> existing;
+  absl::Status s = store_->Insert(record, request.admission, &existing);
+  if (s.code() == absl::StatusCode::kAlreadyExists && existing.has_value()) {
+    JoinExisting(*existing, request.request, std::move(done), 0);
+    return;
+  }
+  if (!s.ok()) {
+    done(s);
+    return;
+  }
+  record.version = 1;
+  const std::string id = g.id();
+  Entry& e = entries_[id];
   e.record = std::move(record);
-  e.traceparent = ctx.traceparent;
-  e.submitting = true;
+  e.phase = Phase::kWaitingToSubmit;
+  e.traceparent = request.ctx.traceparent;
   e.waiters.push_back(std::move(done));
-  if (!request.request_id().empty()) by_request_[request.request_id()] = *id;
-  return absl::OkStatus();
+  {
+    absl::MutexLock lock(&counts_mu_);
+    ++active_counts_[v1::Generation::STATE_QUEUED];
+  }
+  if (!rid.empty()) by_request_[RequestKey(request.tenant, rid)] = id;
+  QueueSubmit(id, request.tenant);
+}
+
+void Tracker::Impl::JoinExisting(const store::Record& existing,
+                                 const v1::GenerateRequest& request,
+                                 CreateCallback done, int attempt) {
+  const v1::Generation& g = existing.generation;
+  if (!MessageDifferencer::Equals(g.request(), request)) {
+    done(AlreadyExists(request.request_id()));
+    return;
+  }
+  if (g.revision() > 0) {
+    util::Log("info", "generation_replayed",
+              {{"generation_id", g.id()},
+               {"request_id", request.request_id()}});
+    done(std::make_shared<const v1::Generation>(g));
+    return;
+  }
+  // Revision 0: another replica's submit is not answered yet. Re-read until
+  // it is, or it was refused (the record is deleted: retry then creates).
+  if (attempt >= kJoinAttempts) {
+    done(absl::UnavailableError(
+        "the first request with this request_id is still being submitted; "
+        "retry with the same request_id"));
+    return;
+  }
+  PostAfter(clock_->Now() + kJoinRecheck,
+            [this, id = g.id(), request, done = std::move(done),
+             attempt]() mutable {
+              absl::StatusOr<std::optional<store::Record>> r = store_->Get(id);
+              if (!r.ok()) {
+                done(r.status());
+              } else if (!r->has_value()) {
+                done(absl::UnavailableError(
+                    "the first request with this request_id was refused by "
+                    "the upstream; retry to submit again"));
+              } else {
+                JoinExisting(**r, request, std::move(done), attempt + 1);
+              }
+            });
+}
+
+// ---- Submit ----------------------------------------------------------------
+
+void Tracker::Impl::QueueSubmit(const std::string& id,
+                                const std::string& tenant) {
+  submit_queues_[tenant].push_back(id);
+  PumpSubmits();
+}
+
+void Tracker::Impl::PumpSubmits() {
+  while (outstanding_submits_ < options_.max_outstanding_submits &&
+         !submit_queues_.empty() && !stopping_) {
+    // Round-robin: the first tenant after the one served last.
+    auto it = submit_queues_.upper_bound(last_tenant_served_);
+    if (it == submit_queues_.end()) it = submit_queues_.begin();
+    last_tenant_served_ = it->first;
+    const std::string id = it->second.front();
+    it->second.pop_front();
+    if (it->second.empty()) submit_queues_.erase(it);
+    auto e = entries_.find(id);
+    if (e == entries_.end() || e->second.phase != Phase::kWaitingToSubmit) {
+      continue;  // cancelled while waiting
+    }
+    e->second.phase = Phase::kSubmitting;
+    ++outstanding_submits_;
+    std::shared_ptr<Inbox> inbox = inbox_;
+    upstream_->Submit(
+        ToSubmit(e->second.record.generation, e->second.traceparent),
+        [this, inbox, id](std::shared_ptr<upstream::SubmitGate> gate) {
+          const bool posted = inbox->Post(
+              [this, id, gate] { OnGateOpen(id, gate); });
+          if (!posted) gate->Abandon();  // stopping: nothing leaves
+          inbox->Wake();
+        },
+        [this, inbox, id](absl::StatusOr<upstream::SubmitResult> r) {
+          inbox->Post([this, id, r = std::move(r)]() mutable {
+            OnSubmitted(id, std::move(r));
+          });
+          inbox->Wake();
+        });
+  }
+}
+
+void Tracker::Impl::OnGateOpen(const std::string& id,
+                               std::shared_ptr<upstream::SubmitGate> gate) {
+  auto it = entries_.find(id);
+  if (it == entries_.end() || stopping_) {
+    gate->Abandon();  // cancelled meanwhile: nothing is sent, nothing billed
+    return;
+  }
+  // The intent is durable right before the POST leaves: a crash from here
+  // on is reconciled through the usage log, never resubmitted blindly.
+  const absl::Time now = clock_->Now();
+  bool evicted = false;
+  absl::Status s = Write(
+      it->second,
+      [now](store::Record& r) {
+        r.submit = store::SubmitPhase::kSent;
+        r.submit_time = now;
+      },
+      /*bump=*/false, &evicted);
+  if (evicted) {
+    gate->Abandon();
+    return;
+  }
+  if (!s.ok()) {
+    util::Log("error", "submit_intent_not_recorded",
+              {{"generation_id", id}, {"error", std::string(s.message())}});
+    it->second.rejection = s;
+    gate->Abandon();  // OnSubmitted then reports the store error
+    return;
+  }
+  gate->Send();
 }
 
 void Tracker::Impl::OnSubmitted(const std::string& id,
                                 absl::StatusOr<upstream::SubmitResult> r) {
-  Waiters waiters;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = entries_.find(id);
-    if (it == entries_.end() || !it->second.submitting) return;  // cancelled
-    Entry& e = it->second;
-    e.submitting = false;
-    waiters.callbacks.swap(e.waiters);
-    if (!r.ok()) {
-      if (r.status().code() == absl::StatusCode::kCancelled) {
-        // The upstream shut down mid-submit: the job may exist. Keep the
-        // intent record; Recover fails it as SUBMIT_INTERRUPTED.
-        waiters.result = absl::UnavailableError(
-            "the server is shutting down; the submit was interrupted");
-      } else {
-        // Nothing exists upstream: forget it so the client may retry with
-        // the same request_id.
-        if (absl::Status s = store_->Delete(id); !s.ok()) {
-          std::fprintf(stderr, "tracker: deleting rejected %s: %s\n",
-                       id.c_str(), s.ToString().c_str());
-        }
-        waiters.result = r.status();
+  --outstanding_submits_;
+  PumpSubmits();
+  auto it = entries_.find(id);
+  if (it == entries_.end()) {
+    // Cancelled while the submit ran. If the job was made, keep its id on
+    // the cancelled record so what was paid for can be found.
+    if (r.ok()) {
+      absl::StatusOr<std::optional<store::Record>> rec = store_->Get(id);
+      if (rec.ok() && rec->has_value() &&
+          (*rec)->generation.upstream_id().empty()) {
+        store::Record next = **rec;
+        next.generation.set_upstream_id(r->upstream_id);
+        next.submit = store::SubmitPhase::kDone;
+        ++next.version;
+        (void)store_->Update(next, {});
       }
-      EvictLocked(id);
-    } else {
-      const absl::Time now = clock_->Now();
-      v1::Generation next = e.record.generation;
-      next.set_upstream_id(r->upstream_id);
-      next.set_upstream_status(r->status);
-      Bump(now, &next);
-      if (absl::Status s = CommitLocked(e, next, now); !s.ok()) {
-        // The upstream job exists and its id lives only here now: keep it in
-        // memory; the next successful write persists the whole record.
-        std::fprintf(stderr, "tracker: store write for %s failed: %s\n",
-                     id.c_str(), s.ToString().c_str());
-        e.record.generation = std::move(next);
-        AnnounceLocked(e, now);
-      }
-      ScheduleLocked(id, e, now + options_.poll_initial_delay);
-      waiters.result = e.current;
     }
+    return;
   }
-  waiters.Run();
-}
-
-// ---- Changes ---------------------------------------------------------------
-
-absl::Status Tracker::Impl::CommitLocked(Entry& e, v1::Generation next,
-                                         absl::Time now) {
-  store::Record record{std::move(next), e.record.deadline};
-  if (absl::Status s = store_->Put(record); !s.ok()) return s;
-  e.record = std::move(record);
-  AnnounceLocked(e, now);
-  return absl::OkStatus();
-}
-
-void Tracker::Impl::AnnounceLocked(Entry& e, absl::Time now) {
-  const v1::Generation& g = e.record.generation;
-  EventPtr event = MakeEvent(v1::GenerationEvent::TYPE_UPDATE, g, now);
-  e.current = GenerationPtr(event, &event->generation());
-  for (const auto& [sub, sink] : e.sinks) sink->OnEvent(event);
-  for (const auto& [sub, fh] : firehose_) {
-    if (fh.filter.Matches(g)) fh.sink->OnEvent(event);
-  }
-  if (g.done()) ++terminal_counts_[g.state()];
-}
-
-bool Tracker::Impl::FailLocked(Entry& e, int code, std::string reason,
-                               std::string message, absl::Time now) {
-  v1::Generation next = e.record.generation;
-  if (!MarkFailed(code, std::move(reason), std::move(message), &next)) {
-    return true;
-  }
-  Bump(now, &next);
-  absl::Status s = CommitLocked(e, std::move(next), now);
-  if (!s.ok()) {
-    std::fprintf(stderr, "tracker: store write for %s failed: %s\n",
-                 e.record.generation.id().c_str(), s.ToString().c_str());
-  }
-  return s.ok();
-}
-
-void Tracker::Impl::FailDeadlineLocked(Entry& e, absl::Time now) {
-  const std::string id = e.record.generation.id();
-  const absl::Duration limit =
-      e.record.deadline - FromTimestamp(e.record.generation.create_time());
-  if (FailLocked(e, 4, "DEADLINE_EXCEEDED",
-                 absl::StrCat("the generation did not finish within ",
-                              absl::FormatDuration(limit)),
-                 now)) {
-    EvictLocked(id);
+  Entry& e = it->second;
+  if (r.ok()) {
+    OnAccepted(e, *r);
+  } else if (r.status().code() == absl::StatusCode::kAborted &&
+             !e.rejection.ok()) {
+    OnRejected(e, absl::UnavailableError(absl::StrCat(
+                      "could not record the submit before sending it (",
+                      e.rejection.message(), "); nothing was sent")));
+  } else if (upstream::ClassifySubmitError(r.status()) ==
+             upstream::SubmitOutcome::kNotCreated) {
+    if (stopping_) {
+      FailWaiters(e, Stopping());
+      return;  // kPending/kSent stays; a restart resubmits or reconciles
+    }
+    OnRejected(e, r.status());
   } else {
-    BackoffLocked(id, e, now);  // retry the write later
+    OnUnconfirmed(e, r.status());
   }
 }
 
-void Tracker::Impl::EvictLocked(const std::string& id) {
+void Tracker::Impl::OnAccepted(Entry& e, const upstream::SubmitResult& result) {
+  const std::string id = e.record.generation.id();
+  bool evicted = false;
+  absl::Status s = Write(
+      e,
+      [&result](store::Record& r) {
+        v1::Generation& g = r.generation;
+        g.set_upstream_id(result.upstream_id);
+        g.set_upstream_status(result.status);
+        if (result.credits_used > 0) {
+          g.mutable_usage()->set_credits_used(result.credits_used);
+        }
+        if (result.usd_spent > 0) {
+          g.mutable_usage()->set_usd_spent(result.usd_spent);
+        }
+        r.submit = store::SubmitPhase::kDone;
+      },
+      /*bump=*/true, &evicted);
+  if (evicted) return;
+  if (!s.ok()) {
+    // The job exists but its id could not be recorded. The record still
+    // says `sent`, so the usage log will find the job again: reconcile.
+    util::Log("error", "store_write_failed",
+              {{"generation_id", id}, {"error", std::string(s.message())}});
+    OnUnconfirmed(e, s);
+    return;
+  }
+  const std::string& rid = e.record.generation.request().request_id();
+  by_request_.erase(RequestKey(e.record.generation.tenant(), rid));
+  e.phase = Phase::kPolling;
+  Schedule(e, clock_->Now() + options_.poll_initial_delay);
+  std::vector<CreateCallback> waiters;
+  waiters.swap(e.waiters);
+  auto g = std::make_shared<const v1::Generation>(e.record.generation);
+  for (CreateCallback& done : waiters) done(g);
+}
+
+void Tracker::Impl::OnRejected(Entry& e, absl::Status status) {
+  const std::string id = e.record.generation.id();
+  util::Log("warn", "submit_rejected",
+            {{"generation_id", id},
+             {"code", absl::StatusCodeToString(status.code())},
+             {"error", std::string(status.message())}});
+  // Nothing exists upstream: forget it so the request_id is free again.
+  e.phase = Phase::kRejected;
+  e.rejection = status;
+  FailWaiters(e, status);
+  RetryDelete(id);
+}
+
+void Tracker::Impl::RetryDelete(const std::string& id) {
   auto it = entries_.find(id);
   if (it == entries_.end()) return;
-  for (const auto& [sub, sink] : it->second.sinks) subs_.erase(sub);
-  const std::string& rid = it->second.record.generation.request().request_id();
-  if (auto idx = by_request_.find(rid);
-      idx != by_request_.end() && idx->second == id) {
-    by_request_.erase(idx);
+  Entry& e = it->second;
+  absl::Status s = store_->Delete(id, e.record.version);
+  if (s.ok()) {
+    Evict(id);
+    return;
   }
-  schedule_.Remove(id);
-  entries_.erase(it);
-}
-
-absl::StatusOr<GenerationPtr> Tracker::Impl::Cancel(const std::string& id) {
-  Waiters waiters;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = entries_.find(id);
-    if (it != entries_.end()) {
-      Entry& e = it->second;
-      const absl::Time now = clock_->Now();
-      v1::Generation next = e.record.generation;
-      MarkCancelled(&next);
-      Bump(now, &next);
-      if (absl::Status s = CommitLocked(e, std::move(next), now); !s.ok()) {
-        return s;
-      }
-      // Creates still waiting on the submit get the cancelled generation.
-      waiters.callbacks.swap(e.waiters);
-      waiters.result = e.current;
-      EvictLocked(id);
-    }
-  }
-  if (waiters.result.ok()) {
-    waiters.Run();
-    return waiters.result;
-  }
-  // Terminal generations are only in the store; they never change.
-  return Get(id);
-}
-
-// ---- Reads -----------------------------------------------------------------
-
-absl::StatusOr<GenerationPtr> Tracker::Impl::Get(const std::string& id) {
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = entries_.find(id);
-    if (it != entries_.end()) return it->second.current;
-  }
-  absl::StatusOr<std::optional<store::Record>> stored = store_->Get(id);
-  if (!stored.ok()) return stored.status();
-  if (!stored->has_value()) return NotFound(id);
-  return std::make_shared<const v1::Generation>((*stored)->generation);
-}
-
-std::map<v1::Generation::State, int64_t> Tracker::Impl::CountByState() {
-  absl::MutexLock lock(&mu_);
-  std::map<v1::Generation::State, int64_t> counts = terminal_counts_;
-  for (const auto& [id, e] : entries_) ++counts[e.record.generation.state()];
-  return counts;
-}
-
-// ---- Subscriptions ---------------------------------------------------------
-
-absl::StatusOr<Subscription> Tracker::Impl::Subscribe(
-    const std::string& id, int64_t after_revision,
-    std::shared_ptr<EventSink> sink) {
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = entries_.find(id);
-    if (it != entries_.end()) {
-      Entry& e = it->second;
-      if (e.current->revision() > after_revision) {
-        sink->OnEvent(MakeEvent(v1::GenerationEvent::TYPE_SNAPSHOT, *e.current,
-                                clock_->Now()));
-      }
-      const uint64_t sub = next_sub_++;
-      e.sinks.emplace(sub, std::move(sink));
-      subs_.emplace(sub, id);
-      return Subscription{sub, false};
-    }
-  }
-  // Not in memory: terminal (it never changes again) or unknown.
-  absl::StatusOr<std::optional<store::Record>> stored = store_->Get(id);
-  if (!stored.ok()) return stored.status();
-  if (!stored->has_value()) return NotFound(id);
-  const v1::Generation& g = (*stored)->generation;
-  if (!g.done()) {
-    return absl::UnavailableError(
-        absl::StrCat("generation \"", id, "\" is not tracked by this server"));
-  }
-  if (g.revision() > after_revision) {
-    sink->OnEvent(
-        MakeEvent(v1::GenerationEvent::TYPE_SNAPSHOT, g, clock_->Now()));
-  }
-  return Subscription{0, true};
-}
-
-Subscription Tracker::Impl::SubscribeAll(const Filter& filter,
-                                         std::shared_ptr<EventSink> sink) {
-  absl::MutexLock lock(&mu_);
-  const absl::Time now = clock_->Now();
-  std::vector<GenerationPtr> matching;
-  for (const auto& [id, e] : entries_) {
-    // Revision 0 is a submit in flight: not visible until it is accepted.
-    if (e.current->revision() > 0 && filter.Matches(*e.current)) {
-      matching.push_back(e.current);
-    }
-  }
-  std::sort(matching.begin(), matching.end(),
-            [](const GenerationPtr& a, const GenerationPtr& b) {
-              return FromTimestamp(a->create_time()) <
-                     FromTimestamp(b->create_time());
-            });
-  for (const GenerationPtr& g : matching) {
-    sink->OnEvent(MakeEvent(v1::GenerationEvent::TYPE_SNAPSHOT, *g, now));
-  }
-  const uint64_t sub = next_sub_++;
-  firehose_.emplace(sub, FirehoseSub{filter, std::move(sink)});
-  subs_.emplace(sub, "");
-  return Subscription{sub, false};
-}
-
-void Tracker::Impl::Unsubscribe(uint64_t subscription_id) {
-  absl::MutexLock lock(&mu_);
-  auto it = subs_.find(subscription_id);
-  if (it == subs_.end()) return;
-  if (it->second.empty()) {
-    firehose_.erase(subscription_id);
-  } else if (auto e = entries_.find(it->second); e != entries_.end()) {
-    e->second.sinks.erase(subscription_id);
-  }
-  subs_.erase(it);
-}
-
-// ---- Polling ---------------------------------------------------------------
-
-absl::Duration Tracker::Impl::JitteredLocked(absl::Duration d) {
-  const double j = std::clamp(options_.poll_jitter, 0.0, 1.0);
-  if (j == 0) return d;
-  std::uniform_real_distribution<double> dist(1.0 - j, 1.0 + j);
-  return d * dist(jitter_rng_);
-}
-
-void Tracker::Impl::ScheduleLocked(const std::string& id, Entry& e,
-                                   absl::Time due) {
-  // Never sleep past the deadline: the deadline check runs at poll time.
-  due = std::min(due, e.record.deadline);
-  e.due = due;
-  schedule_.Schedule(id, due);
-  if (due < poller_wake_) poller_cv_.Signal();
-}
-
-void Tracker::Impl::BackoffLocked(const std::string& id, Entry& e,
-                                  absl::Time now) {
+  if (s.code() == absl::StatusCode::kAborted && !Reload(e)) return;
+  // Until the delete lands, creates with this request_id get the same
+  // refusal (kRejected) instead of joining a phantom.
   e.backoff = e.backoff == absl::ZeroDuration()
                   ? options_.error_backoff_initial
                   : std::min(e.backoff * 2, options_.error_backoff_max);
-  ScheduleLocked(id, e, now + JitteredLocked(e.backoff));
+  PostAfter(clock_->Now() + e.backoff, [this, id] { RetryDelete(id); });
 }
 
-absl::Time Tracker::Impl::RunDuePolls() {
-  struct Due {
-    upstream::PollRequest request;
-    std::string id;
-    uint64_t token;
-  };
-  std::vector<Due> due;
-  std::vector<absl::Duration> lags;
-  {
-    absl::MutexLock lock(&mu_);
-    const absl::Time now = clock_->Now();
-    for (const std::string& id : schedule_.PopDue(now)) {
-      auto it = entries_.find(id);
-      if (it == entries_.end()) continue;
-      Entry& e = it->second;
-      if (e.poll_in_flight || e.submitting) continue;
-      if (now >= e.record.deadline) {
-        FailDeadlineLocked(e, now);
-        continue;
-      }
-      e.poll_in_flight = true;
-      e.poll_token = next_poll_token_++;
-      lags.push_back(now - e.due);
-      due.push_back(Due{{e.record.generation.upstream_id(), id, e.traceparent},
-                        id,
-                        e.poll_token});
-    }
-  }
-  if (options_.on_poll_lag) {
-    for (absl::Duration lag : lags) options_.on_poll_lag(lag);
-  }
-  for (Due& d : due) {
-    upstream_->Poll(std::move(d.request),
-                    [guard = guard_, id = std::move(d.id),
-                     token = d.token](absl::StatusOr<upstream::Snapshot> r) {
-                      Guard::Call(guard, [&](Impl* impl) {
-                        impl->OnPolled(id, token, std::move(r));
-                      });
-                    });
-  }
-  // Read after the calls: a poll that answered at once may have rescheduled.
-  absl::MutexLock lock(&mu_);
-  return schedule_.NextDue();
-}
-
-void Tracker::Impl::OnPolled(const std::string& id, uint64_t token,
-                             absl::StatusOr<upstream::Snapshot> r) {
-  absl::MutexLock lock(&mu_);
-  auto it = entries_.find(id);
-  if (it == entries_.end()) return;  // terminal or cancelled meanwhile
-  Entry& e = it->second;
-  if (!e.poll_in_flight || e.poll_token != token) return;
-  e.poll_in_flight = false;
+void Tracker::Impl::OnUnconfirmed(Entry& e, const absl::Status& why) {
+  const std::string id = e.record.generation.id();
+  util::Log("warn", "submit_unconfirmed",
+            {{"generation_id", id},
+             {"code", absl::StatusCodeToString(why.code())},
+             {"error", std::string(why.message())}});
   const absl::Time now = clock_->Now();
-  if (!r.ok()) {
-    if (r.status().code() == absl::StatusCode::kNotFound) {
-      if (FailLocked(e, 5, "UPSTREAM_NOT_FOUND",
-                     absl::StrCat("the upstream lost job \"",
-                                  e.record.generation.upstream_id(),
-                                  "\": ", r.status().message()),
-                     now)) {
-        EvictLocked(id);
-        return;
+  bool evicted = false;
+  absl::Status s = Write(
+      e,
+      [now](store::Record& r) {
+        r.submit = store::SubmitPhase::kUnconfirmed;
+        if (r.submit_time == absl::InfinitePast()) r.submit_time = now;
+        r.generation.set_upstream_status("submit_unconfirmed");
+      },
+      /*bump=*/true, &evicted);
+  if (evicted) return;
+  if (!s.ok()) {
+    util::Log("error", "store_write_failed",
+              {{"generation_id", id}, {"error", std::string(s.message())}});
+  }
+  e.phase = Phase::kReconciling;
+  reconciler_.Add(id, e.record.generation.request().model(),
+                  e.record.submit_time == absl::InfinitePast()
+                      ? now
+                      : e.record.submit_time);
+  ReconcileTick();
+  // The creators learn the generation exists; how it ends comes on the
+  // stream (adopted and polled, or FAILED SUBMIT_UNCONFIRMED).
+  const std::string& rid = e.record.generation.request().request_id();
+  by_request_.erase(RequestKey(e.record.generation.tenant(), rid));
+  if (s.ok()) {
+    std::vector<CreateCallback> waiters;
+    waiters.swap(e.waiters);
+    auto g = std::make_shared<const v1::Generation>(e.record.generation);
+    for (CreateCallback& done : waiters) done(g);
+  } else {
+    FailWaiters(e, absl::UnavailableError(
+                       "the submit's answer was lost and the generation could "
+                       "not be recorded; retry with the same request_id"));
+  }
+}
+
+// ---- Cancel ----------------------------------------------------------------
+
+absl::StatusOr<GenerationPtr> Tracker::Impl::Cancel(const std::string& id,
+                                                    const std::string& tenant) {
+  for (int attempt = 0; attempt < 20; ++attempt) {
+    absl::StatusOr<std::optional<store::Record>> r = store_->Get(id);
+    if (!r.ok()) return r.status();
+    if (!r->has_value() || (*r)->generation.revision() == 0 ||
+        (!tenant.empty() && (*r)->generation.tenant() != tenant)) {
+      return absl::NotFoundError(
+          absl::StrCat("generation \"", id, "\" not found"));
+    }
+    store::Record next = **r;
+    if (!MarkCancelled(&next.generation)) {
+      return std::make_shared<const v1::Generation>(next.generation);
+    }
+    Bump(clock_->Now(), &next.generation);
+    next.generation.clear_estimate();
+    ++next.version;
+    std::vector<store::Delivery> outbox;
+    if (options_.outbox_for) outbox = options_.outbox_for(next.generation);
+    absl::Status s = store_->Update(next, outbox);
+    if (s.code() == absl::StatusCode::kAborted) continue;  // raced: re-read
+    if (!s.ok()) return s;
+    if (!outbox.empty() && options_.on_outbox) options_.on_outbox();
+    // The loop drops its entry now rather than at its next write.
+    inbox_->Post([this, id] {
+      if (entries_.contains(id)) {
+        Entry& e = entries_.at(id);
+        if (!Reload(e)) return;
       }
-    }
-    BackoffLocked(id, e, now);
-    return;
+    });
+    inbox_->Wake();
+    return std::make_shared<const v1::Generation>(next.generation);
   }
-  v1::Generation next = e.record.generation;
-  if (ApplySnapshot(*r, &next)) {
-    Bump(now, &next);
-    if (absl::Status s = CommitLocked(e, std::move(next), now); !s.ok()) {
-      // Not applied; the next poll sees the same answer and tries again.
-      std::fprintf(stderr, "tracker: store write for %s failed: %s\n",
-                   id.c_str(), s.ToString().c_str());
-      BackoffLocked(id, e, now);
-      return;
-    }
-    if (e.record.generation.done()) {
-      EvictLocked(id);
-      return;
-    }
-  }
-  e.backoff = absl::ZeroDuration();
-  if (now >= e.record.deadline) {
-    FailDeadlineLocked(e, now);
-    return;
-  }
-  ScheduleLocked(id, e, now + JitteredLocked(options_.poll_interval));
-}
-
-// ---- Recovery --------------------------------------------------------------
-
-absl::Status Tracker::Impl::Recover() {
-  absl::StatusOr<std::vector<store::Record>> active = store_->LoadActive();
-  if (!active.ok()) return active.status();
-  absl::Status first_error;
-  absl::MutexLock lock(&mu_);
-  const absl::Time now = clock_->Now();
-  for (store::Record& record : *active) {
-    const std::string id = record.generation.id();
-    if (entries_.contains(id) || record.generation.done()) continue;
-    Entry& e = entries_[id];
-    e.current = std::make_shared<const v1::Generation>(record.generation);
-    e.record = std::move(record);
-    const std::string& rid = e.record.generation.request().request_id();
-    if (!rid.empty()) by_request_[rid] = id;
-    if (e.record.generation.upstream_id().empty()) {
-      if (FailLocked(e, 2, "SUBMIT_INTERRUPTED",
-                     "the server stopped while submitting this generation; "
-                     "the upstream job may or may not exist, and it was not "
-                     "resubmitted to avoid paying twice; retry with a new "
-                     "request_id",
-                     now)) {
-        EvictLocked(id);
-      } else {
-        first_error.Update(absl::UnavailableError(
-            absl::StrCat("cannot mark ", id, " SUBMIT_INTERRUPTED")));
-      }
-      continue;
-    }
-    if (now >= e.record.deadline) {
-      FailDeadlineLocked(e, now);
-    } else {
-      ScheduleLocked(id, e, now);
-    }
-  }
-  return first_error;
-}
-
-// ---- Poller thread ---------------------------------------------------------
-
-void Tracker::Impl::StartPoller() {
-  absl::MutexLock control(&control_mu_);
-  if (poller_.joinable()) return;
-  {
-    absl::MutexLock lock(&mu_);
-    stop_poller_ = false;
-  }
-  poller_ = std::thread([this] { PollerLoop(); });
-}
-
-void Tracker::Impl::StopPoller() {
-  absl::MutexLock control(&control_mu_);
-  if (!poller_.joinable()) return;
-  {
-    absl::MutexLock lock(&mu_);
-    stop_poller_ = true;
-    poller_cv_.Signal();
-  }
-  poller_.join();
-}
-
-void Tracker::Impl::PollerLoop() {
-  while (true) {
-    RunDuePolls();
-    absl::MutexLock lock(&mu_);
-    if (stop_poller_) return;
-    const absl::Time now = clock_->Now();
-    const absl::Time due = schedule_.NextDue();
-    if (due <= now) continue;
-    const absl::Duration wait = std::min(due - now, kMaxPollerWait);
-    poller_wake_ = now + wait;
-    poller_cv_.WaitWithTimeout(&mu_, wait);
-    poller_wake_ = absl::InfinitePast();
-    if (stop_poller_) return;
-  }
+  return absl::AbortedError(absl::StrCat(
+      "generation \"", id, "\" kept changing while cancelling; retry"));
 }
 
 // ---- Tracker ---------------------------------------------------------------
 
 Tracker::Tracker(TrackerOptions options, upstream::Upstream* upstream,
                  store::Store* store, Clock* clock)
-    : impl_(std::make_unique<Impl>(options, upstream, store, clock)) {}
-
+    : impl_(std::make_unique<Impl>(std::move(options), upstream, store,
+                                   clock)) {}
 Tracker::~Tracker() = default;
-
 absl::Status Tracker::Recover() { return impl_->Recover(); }
-
-void Tracker::Create(const v1::GenerateRequest& request,
-                     const RequestContext& ctx, CreateCallback done) {
-  impl_->Create(request, ctx, std::move(done));
+void Tracker::Create(CreateRequest request, CreateCallback done) {
+  impl_->Create(std::move(request), std::move(done));
 }
-
-absl::StatusOr<GenerationPtr> Tracker::Get(std::string_view id) {
-  return impl_->Get(std::string(id));
+absl::StatusOr<GenerationPtr> Tracker::Cancel(const std::string& id,
+                                              const std::string& tenant) {
+  return impl_->Cancel(id, tenant);
 }
-
-absl::StatusOr<store::ListPage> Tracker::List(const store::ListQuery& query) {
-  return impl_->List(query);
-}
-
-absl::StatusOr<GenerationPtr> Tracker::Cancel(std::string_view id) {
-  return impl_->Cancel(std::string(id));
-}
-
-absl::StatusOr<Subscription> Tracker::Subscribe(
-    std::string_view id, int64_t after_revision,
-    std::shared_ptr<EventSink> sink) {
-  return impl_->Subscribe(std::string(id), after_revision, std::move(sink));
-}
-
-Subscription Tracker::SubscribeAll(const Filter& filter,
-                                   std::shared_ptr<EventSink> sink) {
-  return impl_->SubscribeAll(filter, std::move(sink));
-}
-
-void Tracker::Unsubscribe(uint64_t subscription_id) {
-  impl_->Unsubscribe(subscription_id);
-}
-
-absl::Time Tracker::RunDuePolls() { return impl_->RunDuePolls(); }
-void Tracker::StartPoller() { impl_->StartPoller(); }
-void Tracker::StopPoller() { impl_->StopPoller(); }
-
+absl::Time Tracker::RunUntilIdle() { return impl_->RunUntilIdle(); }
+void Tracker::Start() { impl_->Start(); }
+void Tracker::Stop() { impl_->Stop(); }
 std::map<v1::Generation::State, int64_t> Tracker::CountByState() {
   return impl_->CountByState();
 }

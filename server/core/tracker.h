@@ -4,34 +4,22 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <set>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/core/clock.h"
+#include "server/core/estimator.h"
+#include "server/core/events.h"
+#include "server/media/mirror.h"
 #include "server/store/store.h"
 #include "server/upstream/upstream.h"
 #include "videogen/v1/video_generation.pb.h"
 
 namespace videogen::core {
-
-// Immutable snapshot shared by every reader and every sink.
-using GenerationPtr = std::shared_ptr<const v1::Generation>;
-// Immutable event, built once per change and shared by every sink.
-using EventPtr = std::shared_ptr<const v1::GenerationEvent>;
-
-// Receives events for one subscription, in revision order. Called from the
-// tracker's threads (the poller, or the thread of the RPC that made the
-// change) with tracker locks held: it must not block and must not call back
-// into the Tracker. Slow consumers coalesce on their own side.
-class EventSink {
- public:
-  virtual ~EventSink() = default;
-  virtual void OnEvent(EventPtr event) = 0;
-};
 
 struct TrackerOptions {
   absl::Duration poll_initial_delay = absl::Seconds(2);
@@ -41,16 +29,38 @@ struct TrackerOptions {
   absl::Duration error_backoff_max = absl::Seconds(60);
   absl::Duration generation_deadline = absl::Minutes(30);
   uint64_t seed = 0;  // 0 = random
-  // Called from the poller with how late each poll starts against its
-  // schedule (for metrics). Must be cheap and thread-safe.
-  std::function<void(absl::Duration)> on_poll_lag;
-};
 
-// Filter for firehose subscriptions and listings.
-struct Filter {
-  std::set<v1::Generation::State> states;     // empty = all
-  std::map<std::string, std::string> labels;  // all must match
-  bool Matches(const v1::Generation& g) const;
+  // Leases (design.md §6). `owner` names this replica; single-process
+  // stores keep a fixed owner so a restart takes its leases back at once.
+  std::string owner = "local";
+  absl::Duration lease_duration = absl::Seconds(30);
+  int claim_batch = 1000;
+  // True for a store that several replicas share (PostgreSQL): leases are
+  // renewed and orphaned generations claimed every lease_duration / 3.
+  bool shared_store = false;
+
+  // Submits handed to the upstream at once. The rest wait here in one queue
+  // per tenant, served round-robin, so one tenant's burst neither starves
+  // another tenant's creates nor queues ahead of polls in the upstream.
+  int max_outstanding_submits = 4;
+
+  // Reconciliation of unanswered submits through the usage log (§5).
+  absl::Duration reconcile_window = absl::Minutes(15);
+  double reconcile_rate_per_minute = 60;
+  absl::Duration reconcile_interval = absl::Seconds(20);
+
+  // Called on the tracker's thread with how late each poll starts against
+  // its schedule (for metrics). Must be cheap.
+  std::function<void(absl::Duration)> on_poll_lag;
+  // Webhook deliveries to write in the same transaction as a change (§8);
+  // empty = none. `on_outbox` runs after such a write (wakes the
+  // dispatcher). Both run on the tracker's thread and must not block.
+  std::function<std::vector<store::Delivery>(const v1::Generation&)>
+      outbox_for;
+  std::function<void()> on_outbox;
+  // Optional: estimates (§10) and result mirroring (§11). Not owned.
+  Estimator* estimator = nullptr;
+  media::Mirror* mirror = nullptr;
 };
 
 // Per-request context passed through to the upstream.
@@ -58,71 +68,72 @@ struct RequestContext {
   std::string traceparent;  // W3C trace context, may be empty
 };
 
-struct Subscription {
-  uint64_t id = 0;  // 0 when nothing was registered
-  // True when the generation is already terminal: any SNAPSHOT due was
-  // delivered during Subscribe and nothing more will come.
-  bool finished = false;
+// A validated, defaulted create from the edge.
+struct CreateRequest {
+  v1::GenerateRequest request;
+  std::string tenant;  // "" with --auth=none
+  store::Admission admission;
+  RequestContext ctx;
 };
 
 using CreateCallback = std::function<void(absl::StatusOr<GenerationPtr>)>;
 
-// Owns every generation's state machine, revisions, idempotency index, poll
-// schedule and fan-out. Thread-safe: RPC callback threads create, read,
-// cancel and subscribe; upstream callbacks arrive on the curl loop thread;
-// the poller thread (StartPoller) or a test (RunDuePolls) drives polls.
+// Owns the generations this replica holds leases on: their state machine,
+// the one upstream submit (design.md §5), the poll schedule, reconciliation
+// and mirroring. Reads and fan-out are elsewhere (the store and the
+// FanoutHub), so nothing here waits on a watcher.
+//
+// Threads: one loop thread (Start) owns every piece of state; the public
+// methods post work to it and return. Upstream and mirror callbacks also
+// only post (Envoy's dispatcher pattern), so the curl loop never waits on a
+// store write. Tests leave the loop thread off and call RunUntilIdle on
+// their own thread instead. Cancel is the exception: it is a
+// compare-and-set on the store from the caller's thread, exactly as a
+// Cancel on another replica would be, and the loop learns of it when its
+// next write conflicts (or sooner, through Forget).
 class Tracker {
  public:
   Tracker(TrackerOptions options, upstream::Upstream* upstream,
           store::Store* store, Clock* clock);
-  ~Tracker();
+  ~Tracker();  // Stop()s first
   Tracker(const Tracker&) = delete;
   Tracker& operator=(const Tracker&) = delete;
 
-  // Loads non-terminal generations from the store and schedules their polls.
-  // Generations whose submit was in flight at a crash are marked FAILED
-  // (reason SUBMIT_INTERRUPTED), never resubmitted.
+  // Claims this replica's generations (at startup the fixed owner of a
+  // single-process store takes back all of them) and resumes each: polls
+  // scheduled; a submit that never left is sent now; one that was in flight
+  // goes to reconciliation. Runs on the caller's thread before Start.
   absl::Status Recover();
 
-  // Creates a generation and submits it upstream; `done` runs once the
-  // upstream accepted it (state QUEUED, revision 1) or rejected it (the
-  // upstream's error; the record is removed). A repeated request_id with
-  // the same parameters joins the existing generation (no second submit);
-  // with different parameters it is ALREADY_EXISTS. `request` must be
-  // validated and defaulted already. `done` may run on any thread.
-  void Create(const v1::GenerateRequest& request, const RequestContext& ctx,
-              CreateCallback done);
+  // Creates a generation, or joins the one `request_id` names for this
+  // tenant (never a second submit). `done` runs on the tracker's thread
+  // once the submit is answered: the generation (QUEUED, revision 1, maybe
+  // `submit_unconfirmed`), or the upstream's refusal, a quota error,
+  // ALREADY_EXISTS for other parameters, UNAVAILABLE when stopping.
+  void Create(CreateRequest request, CreateCallback done);
 
-  absl::StatusOr<GenerationPtr> Get(std::string_view id);
-  absl::StatusOr<store::ListPage> List(const store::ListQuery& query);
-  // Moves a non-terminal generation to CANCELLED; terminal ones unchanged.
-  absl::StatusOr<GenerationPtr> Cancel(std::string_view id);
+  // Moves a non-terminal generation to CANCELLED (terminal ones come back
+  // unchanged). NOT_FOUND for unknown ids, revision 0 and other tenants'
+  // (`tenant` "" = any). Runs on the caller's thread.
+  absl::StatusOr<GenerationPtr> Cancel(const std::string& id,
+                                       const std::string& tenant);
 
-  // Registers `sink` and reads the current state under one lock. Sends a
-  // SNAPSHOT first if the revision is above `after_revision`. NOT_FOUND for
-  // an unknown id.
-  absl::StatusOr<Subscription> Subscribe(std::string_view id,
-                                         int64_t after_revision,
-                                         std::shared_ptr<EventSink> sink);
-  // Firehose: a SNAPSHOT of each matching non-terminal generation, then every
-  // matching UPDATE.
-  Subscription SubscribeAll(const Filter& filter,
-                            std::shared_ptr<EventSink> sink);
-  void Unsubscribe(uint64_t subscription_id);
+  // Runs posted work and due timers on the calling thread until nothing is
+  // due at clock->Now(). Returns the next due time. Tests only (with the
+  // loop thread off).
+  absl::Time RunUntilIdle();
 
-  // Starts polls that are due at clock->Now(). Returns the next due time
-  // (InfiniteFuture when nothing is scheduled). Tests call this directly.
-  absl::Time RunDuePolls();
+  void Start();
+  // Stops the loop thread. Creates still waiting get UNAVAILABLE; submits
+  // in flight stay recorded as sent and are reconciled after a restart.
+  void Stop();
 
-  // Runs RunDuePolls on a dedicated thread (real time), until StopPoller.
-  void StartPoller();
-  void StopPoller();
-
-  // Counts for metrics.
+  // Generations held here by state, plus terminal transitions made here.
   std::map<v1::Generation::State, int64_t> CountByState();
 
- private:
   class Impl;
+
+ private:
   std::unique_ptr<Impl> impl_;
 };
 
