@@ -1,5 +1,9 @@
 #include "server/api/metrics.h"
 
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "videogen/v1/video_generation.grpc.pb.h"
+
 #include <algorithm>
 
 #include "grpcpp/support/interceptor.h"
@@ -61,6 +65,11 @@ void Metrics::AddCollector(std::function<void(Metrics&)> collector) {
   collectors_.push_back(std::move(collector));
 }
 
+void Metrics::ClearCollectors() {
+  absl::MutexLock lock(&mu_);
+  collectors_.clear();
+}
+
 std::string Metrics::Render() {
   std::vector<std::function<void(Metrics&)>> collectors;
   {
@@ -98,6 +107,30 @@ void DescribeVideogenMetrics(Metrics& m) {
              latency);
   m.Describe("videogen_store_write_duration_seconds", T::kHistogram,
              "Durable store write latency.", latency);
+  m.Describe("videogen_tenant_generations_total", T::kCounter,
+             "Generations created, by tenant.");
+  m.Describe("videogen_tenant_video_seconds_total", T::kCounter,
+             "Seconds of video requested, by tenant.");
+  m.Describe("videogen_tenant_credits_used_total", T::kCounter,
+             "Upstream credits reported for finished generations, by tenant.");
+  m.Describe("videogen_quota_rejections_total", T::kCounter,
+             "Creates refused by a quota, by tenant and limit.");
+  m.Describe("videogen_log_lines_dropped_total", T::kCounter,
+             "Log lines dropped because stderr could not keep up.");
+}
+
+// Tenants get a label of their own up to this many; the rest share
+// "other", so the label set stays bounded however many keys exist.
+constexpr size_t kMaxTenantLabels = 100;
+
+std::string TenantLabel(const std::string& tenant) {
+  static absl::Mutex mu(absl::kConstInit);
+  static auto* seen = new absl::flat_hash_set<std::string>();
+  absl::MutexLock lock(&mu);
+  if (seen->contains(tenant)) return tenant.empty() ? "-" : tenant;
+  if (seen->size() >= kMaxTenantLabels) return "other";
+  seen->insert(tenant);
+  return tenant.empty() ? "-" : tenant;
 }
 
 namespace {
@@ -144,10 +177,33 @@ class GrpcMetricsInterceptor : public grpc::experimental::Interceptor {
 
 }  // namespace
 
+// The method label: a method this server serves, or "unknown". Unknown
+// names come from clients and are unbounded: each one as its own series
+// would let anyone grow the metrics without limit.
+std::string MethodLabel(const char* method) {
+  static const auto* known = [] {
+    auto* names = new absl::flat_hash_set<std::string>();
+    const auto* service = v1::VideoGeneration::service_full_name();
+    for (const char* m :
+         {"Generate", "CreateGeneration", "WatchGeneration", "WatchGenerations",
+          "GetGeneration", "ListGenerations", "CancelGeneration"}) {
+      names->insert(absl::StrCat("/", service, "/", m));
+    }
+    names->insert("/grpc.health.v1.Health/Check");
+    names->insert("/grpc.health.v1.Health/Watch");
+    names->insert(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo");
+    names->insert("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo");
+    return names;
+  }();
+  if (method != nullptr && known->contains(method)) return method;
+  return "unknown";
+}
+
 grpc::experimental::Interceptor*
 GrpcMetricsInterceptorFactory::CreateServerInterceptor(
     grpc::experimental::ServerRpcInfo* info) {
-  return new GrpcMetricsInterceptor(info->method());
+  return new GrpcMetricsInterceptor(MethodLabel(info->method()));
 }
 
 }  // namespace videogen::api

@@ -45,6 +45,8 @@ class Metrics {
   void Observe(const std::string& name, const Labels& labels, double value);
   // Runs before every render, to refresh gauges read from elsewhere.
   void AddCollector(std::function<void(Metrics&)> collector);
+  // Drops every collector. Called at shutdown before what they read goes.
+  void ClearCollectors();
 
   std::string Render();
 
@@ -64,6 +66,10 @@ std::string RenderPrometheus(
 // Declares every videogen metric family (so all appear from the first
 // scrape, at zero).
 void DescribeVideogenMetrics(Metrics& m);
+
+// A tenant's value for a `tenant` label: its name for the first 100 tenants
+// seen, "other" after that ("-" for the unnamed tenant of --auth=none).
+std::string TenantLabel(const std::string& tenant);
 
 // Counts finished RPCs by method and code
 // (videogen_grpc_requests_total{method,code}).
