@@ -3,17 +3,20 @@
 #include <sqlite3.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "server/store/change_publisher.h"
 #include "server/store/store.h"
 
 namespace videogen::store {
@@ -30,7 +33,10 @@ struct SqliteOptions {
 
 // The default Store: one SQLite file, <data_dir>/videogen.db, in WAL mode.
 // Thread-safe: the store mutex owns the connection; any thread may call,
-// writes are serialized (and so are reads, which share the connection). A
+// writes are serialized (and so are reads, which share the connection).
+// Every write is one BEGIN IMMEDIATE transaction, so a quota check and its
+// insert, or a compare-and-set and its outbox rows, commit together. The
+// change feed is delivered after the mutex is released (ChangePublisher). A
 // lock file (<data_dir>/videogen.lock, flock) keeps a second server off the
 // same data dir; the OS drops it when the process dies, even on kill -9.
 class SqliteStore final : public Store {
@@ -49,14 +55,52 @@ class SqliteStore final : public Store {
   SqliteStore(const SqliteStore&) = delete;
   SqliteStore& operator=(const SqliteStore&) = delete;
 
-  absl::Status Put(const Record& record) override;
-  absl::Status Delete(std::string_view id) override;
+  // How many estimator samples are kept per (model, duration_seconds).
+  static constexpr int kSamplesKept = 500;
+
+  absl::Status Insert(const Record& record, const Admission& admission,
+                      std::optional<Record>* existing) override;
+  absl::Status Update(const Record& record,
+                      const std::vector<Delivery>& outbox) override;
+  absl::Status Delete(std::string_view id, int64_t version) override;
   absl::StatusOr<std::optional<Record>> Get(std::string_view id) override;
   absl::StatusOr<std::optional<Record>> GetByRequestId(
-      std::string_view request_id) override;
-  absl::StatusOr<std::vector<Record>> LoadActive() override;
+      std::string_view tenant, std::string_view request_id) override;
+  absl::StatusOr<std::vector<Record>> ClaimActive(std::string_view owner,
+                                                  absl::Time now,
+                                                  absl::Time until,
+                                                  int limit) override;
+  absl::StatusOr<std::vector<std::string>> RenewLeases(
+      std::string_view owner, absl::Time now, absl::Time until) override;
   absl::StatusOr<ListPage> List(const ListQuery& query) override;
-  absl::StatusOr<int64_t> PurgeTerminalBefore(absl::Time cutoff) override;
+  absl::StatusOr<std::vector<std::string>> PurgeTerminalBefore(
+      absl::Time cutoff) override;
+  absl::Status SetWebhookStatus(std::string_view id,
+                                const v1::WebhookStatus& status) override;
+  ChangeFeed* feed() override { return &publisher_; }
+  // PRAGMA quick_check: DATA_LOSS, saying what to do, when the file is
+  // damaged. Reads every page: call it at startup, not per request.
+  absl::Status CheckIntegrity() override;
+
+  absl::Status InsertKey(const ApiKey& key) override;
+  absl::StatusOr<std::optional<ApiKey>> FindKeyByHash(
+      std::string_view key_hash) override;
+  absl::StatusOr<std::vector<ApiKey>> ListKeys() override;
+  absl::Status RevokeKey(std::string_view key_id, absl::Time when) override;
+
+  absl::StatusOr<std::vector<Delivery>> ClaimDeliveries(std::string_view owner,
+                                                        absl::Time now,
+                                                        absl::Time until,
+                                                        int limit) override;
+  absl::Status FinishDelivery(int64_t seq) override;
+  absl::Status RetryDelivery(int64_t seq, int attempts,
+                             absl::Time next_attempt) override;
+  absl::Status DropDeliveries(std::string_view generation_id) override;
+  absl::StatusOr<std::pair<int64_t, absl::Time>> OutboxStats() override;
+
+  absl::Status AddSample(const DurationSample& sample) override;
+  absl::StatusOr<std::vector<DurationSample>> RecentSamples(
+      std::string_view model, int duration_seconds, int limit) override;
 
   // The database file's path.
   const std::string& path() const { return path_; }
@@ -74,16 +118,37 @@ class SqliteStore final : public Store {
   absl::Status Migrate() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status MigrateSteps() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status PrepareAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Every prepared statement's slot and SQL.
+  std::vector<std::pair<Stmt*, const char*>> StatementTable()
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Stmt> Prepare(const std::string& sql)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<int64_t> PragmaInt(const char* sql)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status PutLocked(const Record& record)
+  // Runs `body` in one BEGIN IMMEDIATE transaction: commits when it
+  // returns OK, rolls back otherwise.
+  absl::Status Write(const std::function<absl::Status()>& body)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Steps a statement that returns no rows.
+  absl::Status StepDone(Stmt stmt, const std::string& doing)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::optional<Record>> GetOne(Stmt stmt)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Admit(const Record& record, const Admission& admission)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Binds the generations columns (?1..?16) of insert_ and update_.
+  absl::Status BindRow(Stmt stmt, const Record& record, int64_t version,
+                       const std::string& body)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status WriteLabels(const v1::Generation& g)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status AppendDeliveries(const std::vector<Delivery>& outbox)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Stmt> ListStmt(const ListQuery& query)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues a feed change (published by publisher_.Flush() after unlock).
+  void Announce(const v1::Generation& g, const std::string* webhook_status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Turns a SQLite result code into a Status that names the file and what
   // to do about it.
@@ -98,17 +163,39 @@ class SqliteStore final : public Store {
   Stmt begin_ ABSL_GUARDED_BY(mu_) = nullptr;
   Stmt commit_ ABSL_GUARDED_BY(mu_) = nullptr;
   Stmt rollback_ ABSL_GUARDED_BY(mu_) = nullptr;
-  Stmt request_owner_ ABSL_GUARDED_BY(mu_) = nullptr;
-  Stmt upsert_ ABSL_GUARDED_BY(mu_) = nullptr;
-  Stmt delete_labels_ ABSL_GUARDED_BY(mu_) = nullptr;
-  Stmt insert_label_ ABSL_GUARDED_BY(mu_) = nullptr;
-  Stmt delete_ ABSL_GUARDED_BY(mu_) = nullptr;
   Stmt get_ ABSL_GUARDED_BY(mu_) = nullptr;
   Stmt get_by_request_ ABSL_GUARDED_BY(mu_) = nullptr;
-  Stmt load_active_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt count_active_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt count_recent_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt sum_budget_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt insert_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt head_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt update_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt delete_labels_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt insert_label_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt insert_delivery_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt delete_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt claim_active_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt renew_ ABSL_GUARDED_BY(mu_) = nullptr;
   Stmt purge_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt set_webhook_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt insert_key_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt key_by_id_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt key_by_hash_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt list_keys_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt revoke_key_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt claim_deliveries_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt finish_delivery_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt retry_delivery_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt drop_deliveries_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt outbox_stats_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt insert_sample_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt trim_samples_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt recent_samples_ ABSL_GUARDED_BY(mu_) = nullptr;
   // List statements by filter shape (their SQL text); few distinct shapes.
   std::map<std::string, Stmt> list_ ABSL_GUARDED_BY(mu_);
+  // The change feed; never delivers while mu_ is held.
+  ChangePublisher publisher_;
 };
 
 }  // namespace videogen::store

@@ -88,9 +88,13 @@ class StoreConformanceTest : public ::testing::TestWithParam<StoreFactory> {
 }  // namespace videogen::store::conformance
 
 // Instantiates every conformance case for the store that `factory` (anything
-// convertible to StoreFactory) makes. Use at namespace scope, once per store.
-#define VIDEOGEN_INSTANTIATE_STORE_CONFORMANCE(prefix, factory)     \
-  INSTANTIATE_TEST_SUITE_P(                                         \
-      prefix, ::videogen::store::conformance::StoreConformanceTest, \
-      ::testing::Values(                                            \
+// convertible to StoreFactory) makes. Use once per store, at namespace scope
+// outside namespace videogen::store::conformance (gtest pastes the suite
+// name into identifiers, so the macro brings it in with a using-alias).
+#define VIDEOGEN_INSTANTIATE_STORE_CONFORMANCE(prefix, factory) \
+  using StoreConformanceTest =                                  \
+      ::videogen::store::conformance::StoreConformanceTest;     \
+  INSTANTIATE_TEST_SUITE_P(                                     \
+      prefix, StoreConformanceTest,                             \
+      ::testing::Values(                                        \
           ::videogen::store::conformance::StoreFactory(factory)))
