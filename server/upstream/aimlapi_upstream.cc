@@ -1,14 +1,18 @@
 #include "server/upstream/aimlapi_upstream.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <csignal>
 #include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -19,16 +23,21 @@
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "nlohmann/json.hpp"
 #include "server/upstream/http_errors.h"
 #include "server/upstream/parse.h"
+#include "server/upstream/sanitize.h"
 
 namespace videogen::upstream {
 namespace {
 
 constexpr char kDefaultModel[] = "klingai/v2-master-text-to-video";
+// The usage log answers windows of at most 92 days (design.md §1).
+constexpr absl::Duration kMaxLogWindow = absl::Hours(24 * 92);
+constexpr int kDefaultLogLimit = 100;
 
 void GlobalInit() {
   static std::once_flag once;
@@ -72,8 +81,21 @@ std::string StatusClass(long http_status) {
   return absl::StrCat(http_status / 100, "xx");
 }
 
-const char* KindName(CallKind kind) {
-  return kind == CallKind::kSubmit ? "submit" : "poll";
+int KindIndex(CallKind kind) {
+  switch (kind) {
+    case CallKind::kSubmit:
+      return 0;
+    case CallKind::kPoll:
+      return 1;
+    case CallKind::kLogs:
+      return 2;
+  }
+  return 1;
+}
+
+const char* KindName(int index) {
+  static const char* const kNames[] = {"submit", "poll", "logs"};
+  return kNames[index];
 }
 
 // Transport failures worth another attempt (the network, not the config).
@@ -98,22 +120,32 @@ bool TransientCurlError(CURLcode code) {
   }
 }
 
-// Failures that happen before any byte of the request left.
-bool NeverSent(CURLcode code) {
+// Codes libcurl only produces while resolving or connecting (a proxy's
+// refused CONNECT tunnel included), before any request byte can leave.
+// Everything else, CURLE_OPERATION_TIMEDOUT and CURLE_SSL_CONNECT_ERROR
+// among them, may happen after the request went out; those count as "never
+// left" only when the attempt's fresh connection never finished its
+// handshakes (Outcome::request_may_have_left).
+bool PreSendCurlError(CURLcode code) {
   return code == CURLE_COULDNT_RESOLVE_HOST ||
          code == CURLE_COULDNT_RESOLVE_PROXY || code == CURLE_COULDNT_CONNECT;
 }
 
-// One logical call: a submit or a poll, across all its attempts.
+// One logical call: a submit, a poll or a usage-log page, across all its
+// attempts.
 struct Call {
   CallKind kind = CallKind::kPoll;
   std::string url;
-  std::string body;         // the POST body; empty for polls
+  std::string body;         // the POST body; empty otherwise
   std::string upstream_id;  // polls only, for messages
   curl_slist* headers = nullptr;
+  SubmitReadyCallback submit_ready;
   SubmitCallback submit_done;
   PollCallback poll_done;
-  int attempt = 0;  // attempts started
+  LogsCallback logs_done;
+  int logs_limit = kDefaultLogLimit;
+  bool gate_opened = false;  // submits: `ready` ran; never again
+  int attempt = 0;           // attempts started
   absl::Time attempt_start;
   std::string response;
   size_t max_response = 0;
@@ -127,6 +159,20 @@ struct Call {
   ~Call() { curl_slist_free_all(headers); }
 };
 
+// What one finished attempt left behind, read from the easy handle before
+// it is reused.
+struct Outcome {
+  CURLcode result = CURLE_OK;
+  long http = 0;  // 0 unless result is CURLE_OK
+  // False only when the attempt's connection never finished its TCP (and,
+  // for https, TLS) handshake and no request byte was written. Submits use
+  // a fresh connection, so then nothing reached the upstream.
+  bool request_may_have_left = true;
+  std::optional<absl::Duration> retry_after;  // a Retry-After header
+  std::string credits_used;                   // raw header values
+  std::string usd_spent;
+};
+
 size_t WriteBody(char* data, size_t size, size_t count, void* user) {
   Call* call = static_cast<Call*>(user);
   const size_t n = size * count;
@@ -138,58 +184,223 @@ size_t WriteBody(char* data, size_t size, size_t count, void* user) {
   return n;
 }
 
+// A header of the last response, or "" (also when libcurl lacks the API).
+std::string HeaderValue(CURL* easy, const char* name) {
+  curl_header* h = nullptr;
+  if (curl_easy_header(easy, name, 0, CURLH_HEADER, -1, &h) != CURLHE_OK ||
+      h == nullptr || h->value == nullptr) {
+    return "";
+  }
+  return std::string(absl::StripAsciiWhitespace(h->value));
+}
+
+int64_t ParseCredits(absl::string_view text) {
+  int64_t i = 0;
+  if (absl::SimpleAtoi(text, &i)) return std::max<int64_t>(0, i);
+  double d = 0;
+  if (absl::SimpleAtod(text, &d) && d > 0 && d < 9e18) {
+    return static_cast<int64_t>(std::llround(d));
+  }
+  return 0;
+}
+
+double ParseUsd(absl::string_view text) {
+  double d = 0;
+  if (absl::SimpleAtod(text, &d) && std::isfinite(d) && d > 0) return d;
+  return 0;
+}
+
+// Appends `extra` to a status message, keeping code and payloads.
+absl::Status Append(const absl::Status& status, absl::string_view extra) {
+  absl::Status out(status.code(), absl::StrCat(status.message(), extra));
+  status.ForEachPayload([&out](absl::string_view url, const absl::Cord& p) {
+    out.SetPayload(url, p);
+  });
+  return out;
+}
+
+std::string IsoUtc(absl::Time t) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone());
+}
+
+bool IsLoopbackHost(std::string host) {
+  host = absl::AsciiStrToLower(host);
+  if (host == "localhost" || host == "localhost.") return true;
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    in6_addr v6{};
+    return inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &v6) ==
+               1 &&
+           IN6_IS_ADDR_LOOPBACK(&v6);
+  }
+  in_addr v4{};
+  return inet_pton(AF_INET, host.c_str(), &v4) == 1 &&
+         (ntohl(v4.s_addr) >> 24) == 127;
+}
+
+// One decision about an open gate.
+struct Decision {
+  uint64_t gate_id = 0;
+  bool send = false;
+};
+
+// What other threads hand to the loop thread: new calls and gate
+// decisions. Shared with every SubmitGate, which may outlive the client:
+// once stopping, posts are refused and the loop's shutdown answers for the
+// calls. Thread-safe; mu_ is never held while calling out.
+class Inbox {
+ public:
+  explicit Inbox(CURLM* multi) : multi_(multi) {}
+
+  // Takes `call` and returns true, unless stopping.
+  bool PostCall(std::unique_ptr<Call>& call) {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return false;
+    calls_.push_back(std::move(call));
+    WakeLocked();
+    return true;
+  }
+
+  void PostDecision(Decision d) {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    decisions_.push_back(d);
+    WakeLocked();
+  }
+
+  // Loop thread. Moves everything posted so far; false once stopping.
+  bool Take(std::deque<std::unique_ptr<Call>>* calls,
+            std::vector<Decision>* decisions) {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return false;
+    calls->swap(calls_);
+    decisions->swap(decisions_);
+    spin_ = false;
+    return true;
+  }
+
+  // Loop thread: true when something was posted from the loop thread since
+  // the last Take, so the loop must not sleep.
+  bool PostedFromLoop() {
+    absl::MutexLock lock(&mu_);
+    return spin_;
+  }
+
+  void BindLoopThread() {
+    absl::MutexLock lock(&mu_);
+    loop_thread_ = std::this_thread::get_id();
+  }
+
+  // Any thread but the loop's; after this, multi_ is never touched again.
+  void Stop() {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    curl_multi_wakeup(multi_);
+  }
+
+  // Loop thread, after Stop: calls nobody took.
+  std::deque<std::unique_ptr<Call>> TakeLeftovers() {
+    absl::MutexLock lock(&mu_);
+    decisions_.clear();
+    return std::move(calls_);
+  }
+
+ private:
+  void WakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    // A post from a callback needs no syscall: the loop checks
+    // PostedFromLoop before it sleeps. multi_ is alive while !stopping_.
+    if (std::this_thread::get_id() == loop_thread_) {
+      spin_ = true;
+    } else {
+      curl_multi_wakeup(multi_);
+    }
+  }
+
+  absl::Mutex mu_;
+  CURLM* const multi_;
+  std::deque<std::unique_ptr<Call>> calls_ ABSL_GUARDED_BY(mu_);
+  std::vector<Decision> decisions_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool spin_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread::id loop_thread_ ABSL_GUARDED_BY(mu_);
+};
+
+// The caller's handle on one submit's slot. Thread-safe; the first of
+// Send, Abandon or the destructor decides, later ones do nothing.
+class Gate final : public SubmitGate {
+ public:
+  Gate(std::shared_ptr<Inbox> inbox, uint64_t id)
+      : inbox_(std::move(inbox)), id_(id) {}
+  ~Gate() override { Decide(false); }
+  void Send() override { Decide(true); }
+  void Abandon() override { Decide(false); }
+
+ private:
+  void Decide(bool send) {
+    if (decided_.exchange(true)) return;
+    inbox_->PostDecision(Decision{id_, send});
+  }
+
+  const std::shared_ptr<Inbox> inbox_;
+  const uint64_t id_;
+  std::atomic<bool> decided_{false};
+};
+
 }  // namespace
 
-// The loop: owns the multi handle and its thread. Only Enqueue and
-// counters() run on other threads; everything else is loop-thread only.
+// The loop: owns the multi handle and its thread. Only Enqueue, counters()
+// and the inbox run on other threads; everything else is loop-thread only.
 class AimlApiUpstream::Loop {
  public:
-  explicit Loop(AimlApiOptions options);
+  Loop(AimlApiOptions options, absl::Status precheck);
   ~Loop();
 
   void Enqueue(std::unique_ptr<Call> call);
   UpstreamCounters counters() const;
 
   const AimlApiOptions& options() const { return options_; }
-  bool key_ok() const { return key_ok_; }
+  // Why every call fails without a request (bad key or base URL), or OK.
+  const absl::Status& precheck() const { return precheck_; }
 
  private:
   void Run();
   bool TakeIncoming();
+  void Decide(const Decision& d, absl::Time now);
   void MoveDueTimers(absl::Time now);
+  size_t SlotsInUse() const { return running_.size() + gated_.size(); }
   void Admit(absl::Time now);
+  void OpenGate(std::unique_ptr<Call> call, absl::Time now);
   bool TakeToken(absl::Time now);
   CURL* NewEasy();
   void StartAttempt(std::unique_ptr<Call> call, absl::Time now);
   void ReadDone();
-  void HandleResult(std::unique_ptr<Call> call, CURLcode result, long http,
-                    absl::Duration retry_after, bool request_sent);
-  absl::Status TransportError(const Call& call, CURLcode result,
-                              bool request_sent) const;
+  bool RequestMayHaveLeft(CURL* easy) const;
+  void HandleResult(std::unique_ptr<Call> call, const Outcome& o);
+  void HandleSubmitTransportError(std::unique_ptr<Call> call, const Outcome& o);
+  absl::Status TransportError(const Call& call, CURLcode result) const;
   void Retry(std::unique_ptr<Call> call, absl::Duration server_delay,
              const absl::Status& final_status);
   absl::Duration Backoff(int attempt);
   int WaitMs(absl::Time now) const;
   void Finish(std::unique_ptr<Call> call, absl::Status error);
-  void Deliver(std::unique_ptr<Call> call);
+  void Deliver(std::unique_ptr<Call> call, const Outcome& o);
+  void DeliverSubmit(std::unique_ptr<Call> call, const Outcome& o);
   void Shutdown();
   void Record(const Call& call, long http, CURLcode result);
 
   const AimlApiOptions options_;
-  bool key_ok_ = true;
+  const absl::Status precheck_;
+  const bool https_;
   CURLM* multi_ = nullptr;
+  std::shared_ptr<Inbox> inbox_;
 
-  mutable absl::Mutex mu_;
-  std::deque<std::unique_ptr<Call>> incoming_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread::id loop_thread_id_ ABSL_GUARDED_BY(mu_);
-  // Bumped on the hot path, so atomics rather than mu_.
+  // Bumped on the hot path, so atomics rather than a mutex.
   struct {
-    std::atomic<int64_t> attempts[2][6] = {};  // [submit|poll][0=transport]
+    std::atomic<int64_t> attempts[3][6] = {};  // [kind][0=transport, 1..5xx]
     std::atomic<int64_t> retries{0};
     std::atomic<int64_t> calls_started{0};
     std::atomic<int64_t> calls_finished{0};
     std::atomic<int64_t> queued{0};
+    std::atomic<int64_t> awaiting_send{0};
     std::atomic<int64_t> in_flight{0};
     std::atomic<int64_t> connections_opened{0};
   } counters_;
@@ -198,6 +409,8 @@ class AimlApiUpstream::Loop {
   std::deque<std::unique_ptr<Call>> ready_;
   std::multimap<absl::Time, std::unique_ptr<Call>> timers_;
   std::map<CURL*, std::unique_ptr<Call>> running_;
+  std::map<uint64_t, std::unique_ptr<Call>> gated_;  // open, undecided
+  uint64_t next_gate_id_ = 0;
   std::vector<CURL*> idle_easies_;
   double tokens_ = 0;
   absl::Time last_refill_;
@@ -206,17 +419,16 @@ class AimlApiUpstream::Loop {
   std::thread thread_;  // last: starts after everything above exists
 };
 
-AimlApiUpstream::Loop::Loop(AimlApiOptions options)
-    : options_(std::move(options)) {
+AimlApiUpstream::Loop::Loop(AimlApiOptions options, absl::Status precheck)
+    : options_(std::move(options)),
+      precheck_(std::move(precheck)),
+      https_(absl::StartsWithIgnoreCase(options_.base_url, "https:")) {
   GlobalInit();
-  for (char c : options_.api_key) {
-    const unsigned char u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u >= 0x7f) key_ok_ = false;
-  }
   rng_.seed(options_.seed != 0 ? options_.seed : std::random_device{}());
   tokens_ = std::max(1, options_.rate_limit_burst);
   last_refill_ = absl::Now();
   multi_ = curl_multi_init();
+  inbox_ = std::make_shared<Inbox>(multi_);
   const long conns = std::max(1, options_.max_connections);
   curl_multi_setopt(multi_, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
   curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, conns);
@@ -226,61 +438,43 @@ AimlApiUpstream::Loop::Loop(AimlApiOptions options)
 }
 
 AimlApiUpstream::Loop::~Loop() {
-  {
-    absl::MutexLock lock(&mu_);
-    stopping_ = true;
-    curl_multi_wakeup(multi_);
-  }
+  inbox_->Stop();
   thread_.join();
   for (CURL* easy : idle_easies_) curl_easy_cleanup(easy);
   curl_multi_cleanup(multi_);
 }
 
 void AimlApiUpstream::Loop::Enqueue(std::unique_ptr<Call> call) {
-  {
-    absl::MutexLock lock(&mu_);
-    if (!stopping_) {
-      ++counters_.calls_started;
-      ++counters_.queued;
-      incoming_.push_back(std::move(call));
-      // The loop looks at the queue again after running callbacks, so a
-      // call made from a callback needs no wakeup. Otherwise wake it, under
-      // the lock so that the multi handle is still alive.
-      if (std::this_thread::get_id() != loop_thread_id_) {
-        curl_multi_wakeup(multi_);
-      }
-      return;
-    }
-  }
+  ++counters_.calls_started;
+  ++counters_.queued;
+  if (inbox_->PostCall(call)) return;
+  --counters_.queued;
   Finish(std::move(call),
          absl::CancelledError("the upstream client is shutting down"));
 }
 
 UpstreamCounters AimlApiUpstream::Loop::counters() const {
   UpstreamCounters out;
-  for (int kind = 0; kind < 2; ++kind) {
+  for (int kind = 0; kind < 3; ++kind) {
     for (int cls = 0; cls < 6; ++cls) {
       const int64_t n = counters_.attempts[kind][cls];
       if (n == 0) continue;
-      out.attempts[absl::StrCat(
-          KindName(kind == 0 ? CallKind::kSubmit : CallKind::kPoll), " ",
-          StatusClass(cls * 100))] = n;
+      out.attempts[absl::StrCat(KindName(kind), " ", StatusClass(cls * 100))] =
+          n;
     }
   }
   out.retries = counters_.retries;
   out.calls_started = counters_.calls_started;
   out.calls_finished = counters_.calls_finished;
   out.queued = counters_.queued;
+  out.awaiting_send = counters_.awaiting_send;
   out.in_flight = counters_.in_flight;
   out.connections_opened = counters_.connections_opened;
   return out;
 }
 
 void AimlApiUpstream::Loop::Run() {
-  {
-    absl::MutexLock lock(&mu_);
-    loop_thread_id_ = std::this_thread::get_id();
-  }
+  inbox_->BindLoopThread();
   while (TakeIncoming()) {
     absl::Time now = absl::Now();
     MoveDueTimers(now);
@@ -292,29 +486,46 @@ void AimlApiUpstream::Loop::Run() {
     // taken before waiting.
     if (!TakeIncoming()) break;
     now = absl::Now();
-    Admit(now);
-    curl_multi_poll(multi_, nullptr, 0, WaitMs(now), nullptr);
+    MoveDueTimers(now);
+    Admit(now);  // may run `ready` callbacks that post decisions
+    const int wait_ms = inbox_->PostedFromLoop() ? 0 : WaitMs(now);
+    curl_multi_poll(multi_, nullptr, 0, wait_ms, nullptr);
   }
   Shutdown();
 }
 
 bool AimlApiUpstream::Loop::TakeIncoming() {
-  std::deque<std::unique_ptr<Call>> rejected;
-  {
-    absl::MutexLock lock(&mu_);
-    if (stopping_) return false;
-    for (auto& call : incoming_) {
-      (call->rejected.ok() ? ready_ : rejected).push_back(std::move(call));
+  std::deque<std::unique_ptr<Call>> calls;
+  std::vector<Decision> decisions;
+  if (!inbox_->Take(&calls, &decisions)) return false;
+  for (auto& call : calls) {
+    if (call->rejected.ok()) {
+      ready_.push_back(std::move(call));
+      continue;
     }
-    incoming_.clear();
-  }
-  // Calls refused before any request still answer on this thread.
-  for (auto& call : rejected) {
+    // Refused before any request; still answered on this thread.
     --counters_.queued;
     const absl::Status status = call->rejected;
     Finish(std::move(call), status);
   }
+  const absl::Time now = absl::Now();
+  for (const Decision& d : decisions) Decide(d, now);
   return true;
+}
+
+void AimlApiUpstream::Loop::Decide(const Decision& d, absl::Time now) {
+  auto it = gated_.find(d.gate_id);
+  if (it == gated_.end()) return;
+  std::unique_ptr<Call> call = std::move(it->second);
+  gated_.erase(it);
+  --counters_.awaiting_send;
+  if (d.send) {
+    StartAttempt(std::move(call), now);  // keeps the slot it held
+  } else {
+    Finish(std::move(call),
+           absl::AbortedError("the submit was abandoned before it was sent; "
+                              "nothing reached the upstream"));
+  }
 }
 
 void AimlApiUpstream::Loop::MoveDueTimers(absl::Time now) {
@@ -326,12 +537,31 @@ void AimlApiUpstream::Loop::MoveDueTimers(absl::Time now) {
 
 void AimlApiUpstream::Loop::Admit(absl::Time now) {
   const size_t cap = static_cast<size_t>(std::max(1, options_.max_in_flight));
-  while (!ready_.empty() && running_.size() < cap && TakeToken(now)) {
+  while (!ready_.empty() && SlotsInUse() < cap && TakeToken(now)) {
     std::unique_ptr<Call> call = std::move(ready_.front());
     ready_.pop_front();
     --counters_.queued;
-    StartAttempt(std::move(call), now);
+    if (call->kind == CallKind::kSubmit && !call->gate_opened) {
+      OpenGate(std::move(call), now);
+    } else {
+      StartAttempt(std::move(call), now);
+    }
   }
+}
+
+void AimlApiUpstream::Loop::OpenGate(std::unique_ptr<Call> call,
+                                     absl::Time now) {
+  call->gate_opened = true;
+  SubmitReadyCallback ready = std::move(call->submit_ready);
+  if (!ready) {
+    StartAttempt(std::move(call), now);
+    return;
+  }
+  const uint64_t id = ++next_gate_id_;
+  gated_.emplace(id, std::move(call));
+  ++counters_.awaiting_send;
+  // The caller records its intent, then opens the gate from any thread.
+  ready(std::make_shared<Gate>(inbox_, id));
 }
 
 bool AimlApiUpstream::Loop::TakeToken(absl::Time now) {
@@ -359,7 +589,7 @@ CURL* AimlApiUpstream::Loop::NewEasy() {
       static_cast<long>(absl::ToInt64Milliseconds(options_.request_timeout)));
   curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &WriteBody);
   curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2TLS);
-  if (absl::StartsWith(options_.base_url, "https:")) {
+  if (https_) {
     // Wait for a connection that may multiplex rather than open another.
     curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);
   }
@@ -398,8 +628,14 @@ void AimlApiUpstream::Loop::StartAttempt(std::unique_ptr<Call> call,
     curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE,
                      static_cast<long>(call->body.size()));
     curl_easy_setopt(easy, CURLOPT_POSTFIELDS, call->body.c_str());
+    // Never on a reused connection: libcurl would silently resend the POST
+    // if that connection turned out dead with no answer byte (see the class
+    // comment). A fresh one also makes "handshake never finished" proof
+    // that nothing left.
+    curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
   } else {
     curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
+    curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 0L);
   }
   curl_easy_setopt(easy, CURLOPT_PRIVATE, call.get());
   if (curl_multi_add_handle(multi_, easy) != CURLM_OK) {
@@ -412,31 +648,45 @@ void AimlApiUpstream::Loop::StartAttempt(std::unique_ptr<Call> call,
   ++counters_.in_flight;
 }
 
+bool AimlApiUpstream::Loop::RequestMayHaveLeft(CURL* easy) const {
+  curl_off_t connect_us = 0, tls_us = 0;
+  long request_bytes = 0;
+  curl_easy_getinfo(easy, CURLINFO_CONNECT_TIME_T, &connect_us);
+  curl_easy_getinfo(easy, CURLINFO_APPCONNECT_TIME_T, &tls_us);
+  curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &request_bytes);
+  const bool handshakes_done = connect_us > 0 && (!https_ || tls_us > 0);
+  return handshakes_done || request_bytes > 0;
+}
+
 void AimlApiUpstream::Loop::ReadDone() {
   int left = 0;
   while (CURLMsg* msg = curl_multi_info_read(multi_, &left)) {
     if (msg->msg != CURLMSG_DONE) continue;
     CURL* easy = msg->easy_handle;
-    const CURLcode result = msg->data.result;
+    Outcome o;
+    o.result = msg->data.result;
     curl_multi_remove_handle(multi_, easy);
     auto it = running_.find(easy);
     if (it == running_.end()) continue;
     std::unique_ptr<Call> call = std::move(it->second);
     running_.erase(it);
-    long http = 0;
-    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &http);
-    curl_off_t retry_after = 0;
-    curl_easy_getinfo(easy, CURLINFO_RETRY_AFTER, &retry_after);
-    long request_size = 0;
-    curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &request_size);
+    if (o.result == CURLE_OK) {
+      curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &o.http);
+    }
+    o.request_may_have_left = RequestMayHaveLeft(easy);
+    if (!HeaderValue(easy, "Retry-After").empty()) {
+      curl_off_t seconds = 0;
+      curl_easy_getinfo(easy, CURLINFO_RETRY_AFTER, &seconds);
+      o.retry_after = absl::Seconds(std::max<curl_off_t>(0, seconds));
+    }
+    o.credits_used = HeaderValue(easy, "x-aimlapi-credits-used");
+    o.usd_spent = HeaderValue(easy, "x-aimlapi-usd-spent");
     long new_connections = 0;
     curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &new_connections);
     counters_.connections_opened += new_connections;
     idle_easies_.push_back(easy);
     --counters_.in_flight;
-    HandleResult(std::move(call), result, result == CURLE_OK ? http : 0,
-                 absl::Seconds(std::max<curl_off_t>(0, retry_after)),
-                 request_size > 0);
+    HandleResult(std::move(call), o);
   }
 }
 
@@ -448,83 +698,120 @@ void AimlApiUpstream::Loop::Record(const Call& call, long http,
   if (result != CURLE_OK) record.transport_error = curl_easy_strerror(result);
   record.attempt = call.attempt;
   record.latency = absl::Now() - call.attempt_start;
-  ++counters_.attempts[call.kind == CallKind::kSubmit ? 0 : 1]
-                      [std::clamp<long>(http / 100, 0, 5)];
+  ++counters_
+        .attempts[KindIndex(call.kind)][std::clamp<long>(http / 100, 0, 5)];
   if (options_.on_attempt) options_.on_attempt(record);
 }
 
 void AimlApiUpstream::Loop::HandleResult(std::unique_ptr<Call> call,
-                                         CURLcode result, long http,
-                                         absl::Duration retry_after,
-                                         bool request_sent) {
-  Record(*call, http, result);
-  if (result == CURLE_OK && http >= 200 && http < 300) {
-    Deliver(std::move(call));
+                                         const Outcome& o) {
+  Record(*call, o.http, o.result);
+  if (o.result == CURLE_OK && o.http >= 200 && o.http < 300) {
+    Deliver(std::move(call), o);
     return;
   }
-  if (result == CURLE_OK) {
+  if (o.result == CURLE_OK) {
     absl::Status error =
-        HttpError(call->kind, http, call->response, call->attempt,
+        HttpError(call->kind, o.http, call->response, call->attempt,
                   call->upstream_id, options_.api_key);
-    if (IsRetryableHttp(call->kind, http)) {
-      Retry(std::move(call), retry_after, error);
+    if (o.http == 429 && o.retry_after.has_value()) {
+      error = WithRetryAfter(error, *o.retry_after);
+    }
+    if (IsRetryableHttp(call->kind, o.http)) {
+      Retry(std::move(call), o.retry_after.value_or(absl::ZeroDuration()),
+            error);
     } else {
       Finish(std::move(call), error);
     }
     return;
   }
-  absl::Status error = TransportError(*call, result, request_sent);
-  // A create that may have reached the upstream is never sent twice: the
-  // upstream has no idempotency key, so a second one could make a 2nd job.
-  const bool safe =
-      call->kind == CallKind::kPoll || !request_sent || NeverSent(result);
-  if (TransientCurlError(result) && safe) {
+  if (call->kind == CallKind::kSubmit) {
+    HandleSubmitTransportError(std::move(call), o);
+    return;
+  }
+  absl::Status error = TransportError(*call, o.result);
+  if (TransientCurlError(o.result)) {
     Retry(std::move(call), absl::ZeroDuration(), error);
   } else {
     Finish(std::move(call), error);
   }
 }
 
+void AimlApiUpstream::Loop::HandleSubmitTransportError(
+    std::unique_ptr<Call> call, const Outcome& o) {
+  const std::string detail =
+      call->errbuf[0] != '\0' ? call->errbuf : curl_easy_strerror(o.result);
+  const std::string attempts =
+      call->attempt > 1 ? absl::StrCat(" after ", call->attempt, " attempts")
+                        : "";
+  if (PreSendCurlError(o.result) || !o.request_may_have_left) {
+    // Provably never left: the only transport failure a submit may retry.
+    if (TransientCurlError(o.result)) {
+      Retry(std::move(call), absl::ZeroDuration(),
+            absl::UnavailableError(absl::StrCat(
+                "cannot reach the upstream at ", options_.base_url,
+                " for the create request", attempts, " (", detail,
+                "); nothing was sent. Check --upstream_url and the "
+                "network.")));
+    } else {
+      Finish(
+          std::move(call),
+          absl::FailedPreconditionError(absl::StrCat(
+              "the create request to ", options_.base_url, " failed (", detail,
+              ") before anything was sent; check --upstream_url "
+              "and the TLS setup.")));
+    }
+    return;
+  }
+  std::string what;
+  if (call->too_large) {
+    what = absl::StrCat("the upstream's answer to the create request exceeded ",
+                        options_.max_response_bytes, " bytes");
+  } else if (o.result == CURLE_OPERATION_TIMEDOUT) {
+    what = absl::StrCat(
+        "the upstream did not answer the create request in "
+        "time (",
+        detail, "; request timeout ",
+        absl::FormatDuration(options_.request_timeout), ")");
+  } else {
+    what = absl::StrCat("the create request to ", options_.base_url,
+                        " failed after it was sent (", detail, ")");
+  }
+  Finish(std::move(call), absl::UnknownError(absl::StrCat(
+                              what, attempts, "; ", kMayHaveCreated, ".")));
+}
+
 absl::Status AimlApiUpstream::Loop::TransportError(const Call& call,
-                                                   CURLcode result,
-                                                   bool request_sent) const {
+                                                   CURLcode result) const {
   const std::string what =
-      call.kind == CallKind::kSubmit
-          ? std::string("create request")
+      call.kind == CallKind::kLogs
+          ? std::string("usage-log query")
           : absl::StrCat("poll of generation \"", call.upstream_id, "\"");
   const std::string detail =
       call.errbuf[0] != '\0' ? call.errbuf : curl_easy_strerror(result);
   const std::string attempts =
       call.attempt > 1 ? absl::StrCat(" after ", call.attempt, " attempts")
                        : "";
-  const bool ambiguous =
-      call.kind == CallKind::kSubmit && request_sent && !NeverSent(result);
-  const std::string maybe =
-      ambiguous ? " The create request was sent, so the job may or may not "
-                  "exist upstream; it was not resent."
-                : "";
-  absl::Status status;
   if (call.too_large) {
-    status = absl::UnavailableError(
+    return absl::UnavailableError(
         absl::StrCat("the upstream's answer to the ", what, " exceeded ",
-                     options_.max_response_bytes, " bytes.", maybe));
-  } else if (result == CURLE_OPERATION_TIMEDOUT) {
-    status = absl::DeadlineExceededError(absl::StrCat(
+                     options_.max_response_bytes, " bytes."));
+  }
+  if (result == CURLE_OPERATION_TIMEDOUT) {
+    return absl::DeadlineExceededError(absl::StrCat(
         "the upstream did not answer the ", what, " in time", attempts, " (",
         detail, "; connect timeout ",
         absl::FormatDuration(options_.connect_timeout), ", request timeout ",
-        absl::FormatDuration(options_.request_timeout), ").", maybe));
-  } else if (TransientCurlError(result)) {
-    status = absl::UnavailableError(
-        absl::StrCat("cannot reach the upstream at ", options_.base_url,
-                     " for the ", what, attempts, " (", detail,
-                     "); check --upstream_url and the network.", maybe));
-  } else {
-    status = absl::FailedPreconditionError(
-        absl::StrCat("the ", what, " to ", options_.base_url, " failed (",
-                     detail, "); check --upstream_url.", maybe));
+        absl::FormatDuration(options_.request_timeout), ")."));
   }
-  return RedactStatus(status, options_.api_key);
+  if (TransientCurlError(result)) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot reach the upstream at ", options_.base_url, " for the ", what,
+        attempts, " (", detail, "); check --upstream_url and the network."));
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("the ", what, " to ", options_.base_url, " failed (", detail,
+                   "); check --upstream_url."));
 }
 
 void AimlApiUpstream::Loop::Retry(std::unique_ptr<Call> call,
@@ -533,12 +820,11 @@ void AimlApiUpstream::Loop::Retry(std::unique_ptr<Call> call,
   if (server_delay > options_.max_retry_after) {
     Finish(
         std::move(call),
-        absl::Status(
-            final_status.code(),
-            absl::StrCat(
-                final_status.message(), " The upstream asked to retry after ",
-                absl::FormatDuration(server_delay), ", beyond the limit of ",
-                absl::FormatDuration(options_.max_retry_after), ".")));
+        Append(final_status,
+               absl::StrCat(
+                   " The upstream asked to retry after ",
+                   absl::FormatDuration(server_delay), ", beyond the limit of ",
+                   absl::FormatDuration(options_.max_retry_after), ".")));
     return;
   }
   if (call->attempt >= std::max(1, options_.max_attempts)) {
@@ -564,7 +850,7 @@ int AimlApiUpstream::Loop::WaitMs(absl::Time now) const {
   absl::Duration wait = absl::Seconds(1);
   if (!timers_.empty()) wait = std::min(wait, timers_.begin()->first - now);
   const size_t cap = static_cast<size_t>(std::max(1, options_.max_in_flight));
-  if (!ready_.empty() && running_.size() < cap &&
+  if (!ready_.empty() && SlotsInUse() < cap &&
       options_.rate_limit_per_second > 0) {
     wait = std::min(
         wait, absl::Seconds((1 - tokens_) / options_.rate_limit_per_second));
@@ -574,27 +860,57 @@ int AimlApiUpstream::Loop::WaitMs(absl::Time now) const {
       absl::ToInt64Milliseconds(absl::Ceil(wait, absl::Milliseconds(1))));
 }
 
-void AimlApiUpstream::Loop::Deliver(std::unique_ptr<Call> call) {
+void AimlApiUpstream::Loop::DeliverSubmit(std::unique_ptr<Call> call,
+                                          const Outcome& o) {
+  absl::StatusOr<SubmitResult> result = ParseSubmitResult(call->response);
+  if (!result.ok()) {
+    // A 2xx without a usable id: the job may exist. Never resent.
+    Finish(std::move(call),
+           absl::UnknownError(absl::StrCat(result.status().message(), "; ",
+                                           kMayHaveCreated, ".")));
+    return;
+  }
+  CleanSubmitResult(&*result, options_.api_key);
+  result->credits_used = ParseCredits(o.credits_used);
+  result->usd_spent = ParseUsd(o.usd_spent);
+  SubmitCallback done = std::move(call->submit_done);
+  call.reset();
+  ++counters_.calls_finished;
+  done(*std::move(result));
+}
+
+void AimlApiUpstream::Loop::Deliver(std::unique_ptr<Call> call,
+                                    const Outcome& o) {
   if (call->kind == CallKind::kSubmit) {
-    absl::StatusOr<SubmitResult> result = ParseSubmitResult(call->response);
-    if (!result.ok()) {
-      Finish(std::move(call), result.status());
+    DeliverSubmit(std::move(call), o);
+    return;
+  }
+  if (call->kind == CallKind::kLogs) {
+    absl::StatusOr<LogPage> page =
+        ParseLogPage(call->response, call->logs_limit);
+    if (!page.ok()) {
+      // A garbled page is usually a passing proxy glitch: ask again.
+      Retry(std::move(call), absl::ZeroDuration(), page.status());
       return;
     }
-    SubmitCallback done = std::move(call->submit_done);
+    CleanLogPage(&*page, options_.api_key);
+    LogsCallback done = std::move(call->logs_done);
     call.reset();
     ++counters_.calls_finished;
-    done(*std::move(result));
+    done(*std::move(page));
     return;
   }
   absl::StatusOr<Snapshot> snap = ParseSnapshot(call->response);
   if (!snap.ok()) {
     // A garbled poll answer is usually a passing proxy glitch: poll again.
-    Retry(std::move(call), absl::ZeroDuration(),
-          RedactStatus(snap.status(), options_.api_key));
+    Retry(std::move(call), absl::ZeroDuration(), snap.status());
     return;
   }
   if (snap->upstream_id.empty()) snap->upstream_id = call->upstream_id;
+  CleanSnapshot(&*snap, options_.api_key);
+  // The body's own usage wins; the header is the fallback.
+  if (snap->credits_used == 0)
+    snap->credits_used = ParseCredits(o.credits_used);
   PollCallback done = std::move(call->poll_done);
   call.reset();
   ++counters_.calls_finished;
@@ -603,66 +919,61 @@ void AimlApiUpstream::Loop::Deliver(std::unique_ptr<Call> call) {
 
 void AimlApiUpstream::Loop::Finish(std::unique_ptr<Call> call,
                                    absl::Status error) {
-  error = RedactStatus(error, options_.api_key);
+  error = CleanStatus(error, options_.api_key);
   ++counters_.calls_finished;
-  if (call->kind == CallKind::kSubmit) {
-    SubmitCallback done = std::move(call->submit_done);
-    call.reset();
-    done(error);
-  } else {
-    PollCallback done = std::move(call->poll_done);
-    call.reset();
-    done(error);
+  switch (call->kind) {
+    case CallKind::kSubmit: {
+      SubmitCallback done = std::move(call->submit_done);
+      call.reset();
+      done(error);
+      return;
+    }
+    case CallKind::kLogs: {
+      LogsCallback done = std::move(call->logs_done);
+      call.reset();
+      done(error);
+      return;
+    }
+    case CallKind::kPoll: {
+      PollCallback done = std::move(call->poll_done);
+      call.reset();
+      done(error);
+      return;
+    }
   }
 }
 
 void AimlApiUpstream::Loop::Shutdown() {
-  // Only a create cut off in flight may have reached the upstream.
-  const auto cancelled = [](const Call& call, bool in_flight) {
-    return absl::CancelledError(absl::StrCat(
-        "the upstream client is shutting down",
-        call.kind == CallKind::kSubmit && in_flight
-            ? "; the create request may have reached the upstream, so the "
-              "job may or may not exist there"
-            : ""));
-  };
+  const absl::Status cancelled =
+      absl::CancelledError("the upstream client is shutting down");
   for (auto& [easy, call] : running_) {
+    // Only a create whose request may have gone out is ambiguous.
+    const bool maybe_sent =
+        call->kind == CallKind::kSubmit && RequestMayHaveLeft(easy);
     curl_multi_remove_handle(multi_, easy);
     curl_easy_cleanup(easy);
-    const absl::Status status = cancelled(*call, true);
-    Finish(std::move(call), status);
+    Finish(std::move(call),
+           maybe_sent ? absl::UnknownError(absl::StrCat(
+                            "the upstream client shut down with the create "
+                            "request in flight; ",
+                            kMayHaveCreated, "."))
+                      : cancelled);
   }
   running_.clear();
+  for (auto& [id, call] : gated_) {
+    Finish(std::move(call),
+           absl::CancelledError("the upstream client is shutting down; the "
+                                "create request was never sent"));
+  }
+  gated_.clear();
   for (auto& [due, call] : timers_) ready_.push_back(std::move(call));
   timers_.clear();
-  {
-    absl::MutexLock lock(&mu_);
-    for (auto& call : incoming_) ready_.push_back(std::move(call));
-    incoming_.clear();
-  }
+  for (auto& call : inbox_->TakeLeftovers()) ready_.push_back(std::move(call));
   counters_.in_flight = 0;
   counters_.queued = 0;
-  for (auto& call : ready_) {
-    const absl::Status status = cancelled(*call, false);
-    Finish(std::move(call), status);
-  }
+  counters_.awaiting_send = 0;
+  for (auto& call : ready_) Finish(std::move(call), cancelled);
   ready_.clear();
-}
-
-AimlApiUpstream::AimlApiUpstream(AimlApiOptions options) {
-  while (!options.base_url.empty() && options.base_url.back() == '/') {
-    options.base_url.pop_back();
-  }
-  options.api_key = std::string(absl::StripAsciiWhitespace(options.api_key));
-  loop_ = std::make_unique<Loop>(std::move(options));
-}
-
-AimlApiUpstream::~AimlApiUpstream() = default;
-
-const char* AimlApiUpstream::Path(EndpointFamily family) {
-  return family == EndpointFamily::kLegacy
-             ? "/v2/generate/video/kling/generation"
-             : "/v2/video/generations";
 }
 
 namespace {
@@ -676,7 +987,8 @@ curl_slist* BuildHeaders(const std::string& api_key, bool json_body,
   }
   if (json_body) {
     h = curl_slist_append(h, "Content-Type: application/json");
-    // No "Expect: 100-continue" round trip for bodies over 1 KiB.
+    // No "Expect: 100-continue" round trip for bodies over 1 KiB (and no
+    // libcurl resend after a 417).
     h = curl_slist_append(h, "Expect:");
   }
   if (ValidClientRequestId(client_request_id)) {
@@ -702,20 +1014,110 @@ std::string SubmitBody(const SubmitRequest& r) {
   return body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-absl::Status BadKey() {
-  return absl::UnauthenticatedError(
-      "the API key contains control or non-ASCII characters; check "
-      "AIMLAPI_KEY or --api_key_file");
+absl::Status CheckKey(const std::string& key) {
+  for (char c : key) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u >= 0x7f) {
+      return absl::UnauthenticatedError(
+          "the API key contains control or non-ASCII characters; check "
+          "AIMLAPI_KEY or --api_key_file");
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Why a usage-log window cannot be asked for, or OK.
+absl::Status CheckLogWindow(absl::Time start, absl::Time end) {
+  if (start == absl::InfinitePast() || end == absl::InfiniteFuture() ||
+      start == absl::InfiniteFuture() || end == absl::InfinitePast()) {
+    return absl::InvalidArgumentError(
+        "a usage-log window needs finite start and end times");
+  }
+  if (!(start < end)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the usage-log window is empty or reversed (start ",
+                     IsoUtc(start), ", end ", IsoUtc(end), ")"));
+  }
+  if (end - start > kMaxLogWindow) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the usage-log window is longer than 92 days (start ",
+                     IsoUtc(start), ", end ", IsoUtc(end), ")"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
 
-void AimlApiUpstream::Submit(SubmitRequest request, SubmitCallback done) {
+AimlApiUpstream::AimlApiUpstream(AimlApiOptions options) {
+  while (!options.base_url.empty() && options.base_url.back() == '/') {
+    options.base_url.pop_back();
+  }
+  options.api_key = std::string(absl::StripAsciiWhitespace(options.api_key));
+  absl::Status precheck = CheckKey(options.api_key);
+  if (precheck.ok()) {
+    precheck = CheckBaseUrl(options.base_url, !options.api_key.empty());
+  }
+  loop_ = std::make_unique<Loop>(std::move(options), std::move(precheck));
+}
+
+AimlApiUpstream::~AimlApiUpstream() = default;
+
+const char* AimlApiUpstream::Path(EndpointFamily family) {
+  return family == EndpointFamily::kLegacy
+             ? "/v2/generate/video/kling/generation"
+             : "/v2/video/generations";
+}
+
+absl::Status AimlApiUpstream::CheckBaseUrl(absl::string_view base_url,
+                                           bool has_key) {
+  const std::string url(base_url);
+  CURLU* u = curl_url();
+  if (u == nullptr) return absl::ResourceExhaustedError("curl_url failed");
+  std::string scheme, host;
+  const CURLUcode rc = curl_url_set(u, CURLUPART_URL, url.c_str(), 0);
+  if (rc == CURLUE_OK) {
+    char* part = nullptr;
+    if (curl_url_get(u, CURLUPART_SCHEME, &part, 0) == CURLUE_OK) {
+      scheme = absl::AsciiStrToLower(part);
+      curl_free(part);
+    }
+    part = nullptr;
+    if (curl_url_get(u, CURLUPART_HOST, &part, 0) == CURLUE_OK) {
+      host = part;
+      curl_free(part);
+    }
+  }
+  curl_url_cleanup(u);
+  if (rc != CURLUE_OK || host.empty()) {
+    // The URL itself is not echoed: it might carry credentials.
+    return absl::InvalidArgumentError(
+        absl::StrCat("--upstream_url is not a valid absolute URL (",
+                     rc != CURLUE_OK ? curl_url_strerror(rc) : "no host",
+                     "); expected e.g. https://api.aimlapi.com"));
+  }
+  if (scheme == "https") return absl::OkStatus();
+  if (scheme != "http") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--upstream_url must be https:// (or http:// to a "
+                     "loopback address), not ",
+                     StripControl(scheme, false), "://"));
+  }
+  if (!has_key || IsLoopbackHost(host)) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "refusing to send the API key over plain http to \"",
+      StripControl(host, false),
+      "\": it would cross the network unencrypted. Use https://, or http:// "
+      "only to a loopback address (localhost, 127.0.0.1, [::1])."));
+}
+
+void AimlApiUpstream::Submit(SubmitRequest request, SubmitReadyCallback ready,
+                             SubmitCallback done) {
   auto call = std::make_unique<Call>();
   call->kind = CallKind::kSubmit;
+  call->submit_ready = std::move(ready);
   call->submit_done = std::move(done);
-  if (!loop_->key_ok()) {
-    call->rejected = BadKey();
+  if (!loop_->precheck().ok()) {
+    call->rejected = loop_->precheck();
     loop_->Enqueue(std::move(call));
     return;
   }
@@ -731,8 +1133,8 @@ void AimlApiUpstream::Poll(PollRequest request, PollCallback done) {
   auto call = std::make_unique<Call>();
   call->kind = CallKind::kPoll;
   call->poll_done = std::move(done);
-  if (!loop_->key_ok()) {
-    call->rejected = BadKey();
+  if (!loop_->precheck().ok()) {
+    call->rejected = loop_->precheck();
     loop_->Enqueue(std::move(call));
     return;
   }
@@ -742,6 +1144,36 @@ void AimlApiUpstream::Poll(PollRequest request, PollCallback done) {
                            "?generation_id=", Escape(request.upstream_id));
   call->headers = BuildHeaders(o.api_key, /*json_body=*/false,
                                request.client_request_id, request.traceparent);
+  loop_->Enqueue(std::move(call));
+}
+
+void AimlApiUpstream::ListLogs(LogQuery query, LogsCallback done) {
+  auto call = std::make_unique<Call>();
+  call->kind = CallKind::kLogs;
+  call->logs_done = std::move(done);
+  // Whole seconds, widened rather than narrowed.
+  const absl::Time start =
+      absl::FromUnixSeconds(absl::ToUnixSeconds(query.start));
+  absl::Time end = absl::FromUnixSeconds(absl::ToUnixSeconds(query.end));
+  if (end < query.end) end += absl::Seconds(1);
+  absl::Status status = loop_->precheck();
+  if (status.ok()) status = CheckLogWindow(query.start, query.end);
+  if (!status.ok()) {
+    call->rejected = status;
+    loop_->Enqueue(std::move(call));
+    return;
+  }
+  const AimlApiOptions& o = loop_->options();
+  call->logs_limit = query.limit > 0 ? query.limit : kDefaultLogLimit;
+  call->url =
+      absl::StrCat(o.base_url, kLogsPath, "?start=", Escape(IsoUtc(start)),
+                   "&end=", Escape(IsoUtc(end)));
+  for (const std::string& model : query.models) {
+    if (!model.empty()) absl::StrAppend(&call->url, "&model=", Escape(model));
+  }
+  absl::StrAppend(&call->url, "&limit=", call->logs_limit,
+                  "&offset=", std::max(0, query.offset));
+  call->headers = BuildHeaders(o.api_key, /*json_body=*/false, "", "");
   loop_->Enqueue(std::move(call));
 }
 

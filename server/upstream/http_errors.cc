@@ -1,7 +1,12 @@
 #include "server/upstream/http_errors.h"
 
+#include <algorithm>
+#include <cstdint>
+#include <optional>
 #include <string>
 
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
@@ -25,85 +30,124 @@ std::string Attempts(int attempts) {
   return attempts > 1 ? absl::StrCat(" after ", attempts, " attempts") : "";
 }
 
+std::string What(CallKind kind, absl::string_view upstream_id) {
+  switch (kind) {
+    case CallKind::kSubmit:
+      return "create request";
+    case CallKind::kLogs:
+      return "usage-log query";
+    case CallKind::kPoll:
+      break;
+  }
+  return absl::StrCat("poll of generation \"", upstream_id, "\"");
+}
+
+// The upstream refused the request: it made nothing, whatever the call.
+absl::Status Refusal(CallKind kind, long http_status, const std::string& head) {
+  switch (http_status) {
+    case 400:
+    case 413:
+    case 422:
+      return absl::InvalidArgumentError(absl::StrCat(
+          head, kind == CallKind::kLogs
+                    ? ". The upstream rejected the query (window at most 92 "
+                      "days, start before end, known filters)."
+                    : ". The upstream rejected the request body; fix the "
+                      "request (it is not retried)."));
+    case 401:
+      return absl::UnauthenticatedError(
+          absl::StrCat(head,
+                       ". The API key was refused; check AIMLAPI_KEY or "
+                       "--api_key_file."));
+    case 402:
+    case 403:
+      return absl::FailedPreconditionError(absl::StrCat(
+          head,
+          ". The account may be out of credits or the key may lack "
+          "access to this model; top up or check the key's "
+          "permissions."));
+    case 404:
+      if (kind == CallKind::kPoll) {
+        return absl::NotFoundError(absl::StrCat(
+            head,
+            ". The upstream no longer knows this job; it is lost upstream."));
+      }
+      return absl::FailedPreconditionError(absl::StrCat(
+          head, ". The endpoint does not exist; check --upstream_url",
+          kind == CallKind::kSubmit ? " and the endpoint family." : "."));
+    case 429:
+      return absl::ResourceExhaustedError(absl::StrCat(
+          head,
+          ". The upstream's rate or concurrency limit was hit; lower "
+          "the request rate or concurrency, or raise the account's "
+          "limits."));
+    default:
+      return absl::FailedPreconditionError(absl::StrCat(
+          head, ". This answer is not expected; check --upstream_url."));
+  }
+}
+
+bool IsRefusal(long http_status) {
+  return http_status >= 400 && http_status < 500 && http_status != 408;
+}
+
 }  // namespace
 
 bool IsRetryableHttp(CallKind kind, long http_status) {
-  if (http_status == 408 || http_status == 429) return true;
-  if (http_status == 504) return kind == CallKind::kPoll;
-  return http_status >= 500 && http_status <= 599;
+  switch (kind) {
+    case CallKind::kSubmit:
+      return http_status == 429;
+    case CallKind::kLogs:
+      return http_status == 408 || (http_status >= 500 && http_status <= 599);
+    case CallKind::kPoll:
+      break;
+  }
+  return http_status == 408 || http_status == 429 ||
+         (http_status >= 500 && http_status <= 599);
 }
 
 absl::Status HttpError(CallKind kind, long http_status, absl::string_view body,
                        int attempts, absl::string_view upstream_id,
                        absl::string_view secret) {
   const ErrorBody e = ParseErrorBody(body);
-  const std::string what =
-      kind == CallKind::kSubmit
-          ? std::string("create request")
-          : absl::StrCat("poll of generation \"", upstream_id, "\"");
   const std::string head =
-      absl::StrCat("upstream answered HTTP ", http_status, " to the ", what,
-                   Attempts(attempts), Detail(e));
+      absl::StrCat("upstream answered HTTP ", http_status, " to the ",
+                   What(kind, upstream_id), Attempts(attempts), Detail(e));
   absl::Status status;
-  switch (http_status) {
-    case 400:
-    case 413:
-    case 422:
-      status = absl::InvalidArgumentError(absl::StrCat(
-          head,
-          ". The upstream rejected the request body; fix the request "
-          "(it is not retried)."));
-      break;
-    case 401:
-      status = absl::UnauthenticatedError(
-          absl::StrCat(head,
-                       ". The API key was refused; check AIMLAPI_KEY or "
-                       "--api_key_file."));
-      break;
-    case 402:
-    case 403:
-      status = absl::FailedPreconditionError(absl::StrCat(
-          head,
-          ". The account may be out of credits or the key may lack "
-          "access to this model; top up or check the key's "
-          "permissions."));
-      break;
-    case 404:
-      status = kind == CallKind::kPoll
-                   ? absl::NotFoundError(absl::StrCat(
-                         head,
-                         ". The upstream no longer knows this job; it is "
-                         "lost upstream."))
-                   : absl::FailedPreconditionError(absl::StrCat(
-                         head,
-                         ". The create endpoint does not exist; check "
-                         "--upstream_url and the endpoint family."));
-      break;
-    case 408:
-    case 504:
-      status = absl::DeadlineExceededError(absl::StrCat(
-          head, kind == CallKind::kSubmit
-                    ? ". The upstream timed out; the job may or may not exist "
-                      "upstream."
-                    : ". The upstream timed out; try again later."));
-      break;
-    case 429:
-      status = absl::ResourceExhaustedError(absl::StrCat(
-          head,
-          ". The upstream's rate or concurrency limit was hit; lower "
-          "the request rate or concurrency, or raise the account's "
-          "limits."));
-      break;
-    default:
-      if (http_status >= 500) {
-        status = absl::UnavailableError(
-            absl::StrCat(head, ". The upstream is failing; try again later."));
-      } else {
-        status = absl::FailedPreconditionError(absl::StrCat(
-            head, ". This answer is not expected; check --upstream_url."));
-      }
+  if (IsRefusal(http_status)) {
+    status = Refusal(kind, http_status, head);
+  } else if (kind == CallKind::kSubmit) {
+    // 408, 5xx, 3xx (a 303 after a POST is the classic "created, see
+    // there"), 1xx: the request reached something that may have acted.
+    status = absl::UnknownError(absl::StrCat(head, "; ", kMayHaveCreated, "."));
+  } else if (http_status == 408 || http_status == 504) {
+    status = absl::DeadlineExceededError(
+        absl::StrCat(head, ". The upstream timed out; try again later."));
+  } else if (http_status >= 500) {
+    status = absl::UnavailableError(
+        absl::StrCat(head, ". The upstream is failing; try again later."));
+  } else {
+    status = absl::FailedPreconditionError(absl::StrCat(
+        head, ". This answer is not expected; check --upstream_url."));
   }
   return RedactStatus(status, secret);
+}
+
+absl::Status WithRetryAfter(absl::Status status, absl::Duration delay) {
+  const int64_t seconds = absl::ToInt64Seconds(
+      absl::Ceil(std::max(delay, absl::ZeroDuration()), absl::Seconds(1)));
+  status.SetPayload(kRetryAfterPayload, absl::Cord(absl::StrCat(seconds)));
+  return status;
+}
+
+std::optional<absl::Duration> RetryAfterOf(const absl::Status& status) {
+  const auto payload = status.GetPayload(kRetryAfterPayload);
+  int64_t seconds = 0;
+  if (!payload.has_value() ||
+      !absl::SimpleAtoi(std::string(*payload), &seconds) || seconds < 0) {
+    return std::nullopt;
+  }
+  return absl::Seconds(seconds);
 }
 
 std::string Redact(std::string text, absl::string_view secret) {

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -205,6 +206,57 @@ absl::StatusOr<SubmitResult> ParseSubmitResult(absl::string_view body) {
         "the job may or may not exist upstream");
   }
   return out;
+}
+
+absl::StatusOr<LogPage> ParseLogPage(absl::string_view body,
+                                     int requested_limit) {
+  absl::StatusOr<json> doc = ParseObject(body, "usage-log page");
+  if (!doc.ok()) return doc.status();
+  const json* data = Field(*doc, "data");
+  if (data == nullptr || !data->is_array()) {
+    return absl::UnavailableError(
+        "upstream sent a usage-log page without a \"data\" array");
+  }
+  LogPage page;
+  for (const json& entry : *data) {
+    if (!entry.is_object()) continue;
+    LogRow row;
+    row.created = AsString(Field(entry, "created"));
+    row.status = AsString(Field(entry, "status"));
+    row.model = AsString(Field(entry, "model"));
+    row.request_id = AsString(Field(entry, "request_id"));
+    row.inference_id = AsString(Field(entry, "inference_id"));
+    row.client_request_id = AsString(Field(entry, "client_request_id"));
+    if (const json* cost = Field(entry, "cost")) {
+      if (cost->is_object()) {
+        row.cost_usd = AsDouble(Field(*cost, "usd"));
+        row.cost_credits = AsInt64(Field(*cost, "credits"));
+      } else {
+        row.cost_usd = AsDouble(cost);
+      }
+    }
+    page.rows.push_back(std::move(row));
+  }
+  const json* pagination = Field(*doc, "pagination");
+  if (pagination != nullptr && pagination->is_object()) {
+    page.total = AsInt64(Field(*pagination, "total"));
+    const json* more = Field(*pagination, "has_more");
+    if (more != nullptr && more->is_boolean()) {
+      page.has_more = more->get<bool>();
+    } else if (more != nullptr) {
+      const std::string text = absl::AsciiStrToLower(AsString(more));
+      page.has_more = text == "true" || text == "1";
+    } else {
+      const int64_t offset = AsInt64(Field(*pagination, "offset"));
+      page.has_more =
+          offset + static_cast<int64_t>(page.rows.size()) < page.total;
+    }
+  } else {
+    page.total = static_cast<int64_t>(page.rows.size());
+    page.has_more = requested_limit > 0 &&
+                    page.rows.size() >= static_cast<size_t>(requested_limit);
+  }
+  return page;
 }
 
 ErrorBody ParseErrorBody(absl::string_view body) {

@@ -1,3 +1,5 @@
+#include "absl/status/status.h"
+
 #include <string>
 #include <string_view>
 
@@ -23,6 +25,24 @@ TaskState MapStatus(std::string_view status) {
     return TaskState::kFailed;
   }
   return TaskState::kUnknown;
+}
+
+SubmitOutcome ClassifySubmitError(const absl::Status& status) {
+  // Only the codes the submit path uses for "nothing was created" count as
+  // such. Anything else (UNKNOWN, and also OK or a code this layer never
+  // returns for a submit) errs on the side that never resubmits.
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kCancelled:
+      return SubmitOutcome::kNotCreated;
+    default:
+      return SubmitOutcome::kMaybeCreated;
+  }
 }
 
 }  // namespace videogen::upstream

@@ -3,8 +3,12 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/cord.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "server/upstream/aimlapi_upstream.h"
 #include "server/upstream/http_errors.h"
+#include "server/upstream/sanitize.h"
 #include "server/upstream/upstream.h"
 
 namespace videogen::upstream {
@@ -186,8 +190,20 @@ TEST(HttpError, CodesAndActionableMessages) {
       {CallKind::kPoll, 429, absl::StatusCode::kResourceExhausted, "rate"},
       {CallKind::kPoll, 500, absl::StatusCode::kUnavailable, "later"},
       {CallKind::kPoll, 503, absl::StatusCode::kUnavailable, "later"},
-      {CallKind::kSubmit, 504, absl::StatusCode::kDeadlineExceeded,
-       "may or may not exist"},
+      {CallKind::kSubmit, 504, absl::StatusCode::kUnknown, "never resubmitted"},
+      {CallKind::kSubmit, 500, absl::StatusCode::kUnknown,
+       "may have created the job"},
+      {CallKind::kSubmit, 408, absl::StatusCode::kUnknown, "never resubmitted"},
+      {CallKind::kSubmit, 303, absl::StatusCode::kUnknown, "never resubmitted"},
+      {CallKind::kSubmit, 429, absl::StatusCode::kResourceExhausted, "rate"},
+      {CallKind::kSubmit, 409, absl::StatusCode::kFailedPrecondition,
+       "not expected"},
+      {CallKind::kPoll, 504, absl::StatusCode::kDeadlineExceeded, "later"},
+      {CallKind::kLogs, 400, absl::StatusCode::kInvalidArgument, "92 days"},
+      {CallKind::kLogs, 404, absl::StatusCode::kFailedPrecondition,
+       "--upstream_url"},
+      {CallKind::kLogs, 429, absl::StatusCode::kResourceExhausted, "rate"},
+      {CallKind::kLogs, 502, absl::StatusCode::kUnavailable, "later"},
   };
   for (const Case& c : cases) {
     absl::Status s = HttpError(c.kind, c.http, body, 1, "id:1/2", "");
@@ -203,11 +219,212 @@ TEST(HttpError, RetryableClasses) {
   EXPECT_FALSE(IsRetryableHttp(CallKind::kPoll, 401));
   EXPECT_FALSE(IsRetryableHttp(CallKind::kPoll, 403));
   EXPECT_FALSE(IsRetryableHttp(CallKind::kPoll, 404));
+  EXPECT_TRUE(IsRetryableHttp(CallKind::kPoll, 408));
   EXPECT_TRUE(IsRetryableHttp(CallKind::kPoll, 429));
-  EXPECT_TRUE(IsRetryableHttp(CallKind::kSubmit, 429));
-  EXPECT_TRUE(IsRetryableHttp(CallKind::kSubmit, 503));
+  EXPECT_TRUE(IsRetryableHttp(CallKind::kPoll, 500));
   EXPECT_TRUE(IsRetryableHttp(CallKind::kPoll, 504));
-  EXPECT_FALSE(IsRetryableHttp(CallKind::kSubmit, 504));
+  EXPECT_TRUE(IsRetryableHttp(CallKind::kLogs, 503));
+  EXPECT_TRUE(IsRetryableHttp(CallKind::kLogs, 408));
+  EXPECT_FALSE(IsRetryableHttp(CallKind::kLogs, 429));  // caller backs off
+  EXPECT_FALSE(IsRetryableHttp(CallKind::kLogs, 400));
+  // A submit is retried only when the upstream created nothing.
+  for (long http = 100; http < 600; ++http) {
+    EXPECT_EQ(IsRetryableHttp(CallKind::kSubmit, http), http == 429) << http;
+  }
+}
+
+TEST(HttpError, RetryAfterPayloadRoundTrips) {
+  absl::Status s = WithRetryAfter(absl::ResourceExhaustedError("slow down"),
+                                  absl::Milliseconds(6500));
+  EXPECT_EQ(std::string(*s.GetPayload(kRetryAfterPayload)), "7");
+  ASSERT_TRUE(RetryAfterOf(s).has_value());
+  EXPECT_EQ(*RetryAfterOf(s), absl::Seconds(7));
+  EXPECT_FALSE(RetryAfterOf(absl::ResourceExhaustedError("x")).has_value());
+  absl::Status junk = absl::ResourceExhaustedError("x");
+  junk.SetPayload(kRetryAfterPayload, absl::Cord("soon"));
+  EXPECT_FALSE(RetryAfterOf(junk).has_value());
+}
+
+TEST(ClassifySubmitError, OnlyProvenRefusalsAreNotCreated) {
+  using absl::StatusCode;
+  for (StatusCode code :
+       {StatusCode::kInvalidArgument, StatusCode::kUnauthenticated,
+        StatusCode::kFailedPrecondition, StatusCode::kResourceExhausted,
+        StatusCode::kUnavailable, StatusCode::kAborted,
+        StatusCode::kCancelled}) {
+    EXPECT_EQ(ClassifySubmitError(absl::Status(code, "x")),
+              SubmitOutcome::kNotCreated)
+        << code;
+  }
+  for (StatusCode code : {StatusCode::kUnknown, StatusCode::kDeadlineExceeded,
+                          StatusCode::kInternal, StatusCode::kDataLoss,
+                          StatusCode::kNotFound, StatusCode::kOk}) {
+    EXPECT_EQ(ClassifySubmitError(absl::Status(code, "x")),
+              SubmitOutcome::kMaybeCreated)
+        << code;
+  }
+}
+
+TEST(ParseLogPage, RowsPaginationAndNulls) {
+  auto page = ParseLogPage(R"({"data":[
+      {"created":"2026-01-02T03:04:05.678Z","status":"succeeded",
+       "origin":"api","model":"klingai/v2-master-text-to-video",
+       "cost":{"usd":0.84,"credits":"1680000"},
+       "tokens":{"input":0,"output":0,"total":0},
+       "request_id":"req-1","inference_id":"abc:kling-video/v2/master",
+       "client_request_id":"gen-1"},
+      {"created":"2026-01-02T03:00:00Z","status":"failed","model":"m",
+       "cost":{"usd":"0","credits":null},"request_id":"req-2",
+       "inference_id":null,"client_request_id":null},
+      {"status":"succeeded"},
+      "not a row", 17, null],
+      "pagination":{"limit":100,"offset":0,"total":"250","has_more":true}})",
+                           100);
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->rows.size(), 3u);
+  EXPECT_EQ(page->total, 250);
+  EXPECT_TRUE(page->has_more);
+  const LogRow& a = page->rows[0];
+  EXPECT_EQ(a.created, "2026-01-02T03:04:05.678Z");
+  EXPECT_EQ(a.status, "succeeded");
+  EXPECT_EQ(a.model, "klingai/v2-master-text-to-video");
+  EXPECT_EQ(a.request_id, "req-1");
+  EXPECT_EQ(a.inference_id, "abc:kling-video/v2/master");
+  EXPECT_EQ(a.client_request_id, "gen-1");
+  EXPECT_DOUBLE_EQ(a.cost_usd, 0.84);
+  EXPECT_EQ(a.cost_credits, 1680000);
+  const LogRow& b = page->rows[1];
+  EXPECT_EQ(b.client_request_id, "");
+  EXPECT_EQ(b.inference_id, "");
+  EXPECT_EQ(b.cost_credits, 0);
+  EXPECT_EQ(page->rows[2].client_request_id, "");
+  EXPECT_EQ(page->rows[2].created, "");
+}
+
+TEST(ParseLogPage, HasMoreWithoutTheFlag) {
+  auto from_total = ParseLogPage(
+      R"({"data":[{"inference_id":"a"}],"pagination":{"offset":5,"total":7}})",
+      1);
+  ASSERT_TRUE(from_total.ok());
+  EXPECT_TRUE(from_total->has_more);  // 5 + 1 < 7
+  auto last = ParseLogPage(
+      R"({"data":[{"inference_id":"a"}],"pagination":{"offset":6,"total":7,
+          "has_more":"false"}})",
+      1);
+  ASSERT_TRUE(last.ok());
+  EXPECT_FALSE(last->has_more);
+  // No pagination at all: a full page may have a successor.
+  auto full = ParseLogPage(R"({"data":[{},{}]})", 2);
+  ASSERT_TRUE(full.ok());
+  EXPECT_TRUE(full->has_more);
+  EXPECT_EQ(full->total, 2);
+  auto partial = ParseLogPage(R"({"data":[{}]})", 2);
+  ASSERT_TRUE(partial.ok());
+  EXPECT_FALSE(partial->has_more);
+}
+
+TEST(ParseLogPage, NoDataArrayIsAnErrorNotAnEmptyPage) {
+  for (const char* body :
+       {"", "{}", R"({"data":null})", R"({"data":{"rows":[]}})",
+        R"({"message":"Too many requests","statusCode":429})", "[]",
+        "<html>502</html>"}) {
+    auto page = ParseLogPage(body, 100);
+    EXPECT_FALSE(page.ok()) << body;
+    EXPECT_EQ(page.status().code(), absl::StatusCode::kUnavailable) << body;
+  }
+  auto empty = ParseLogPage(R"({"data":[],"pagination":{"total":0}})", 100);
+  ASSERT_TRUE(empty.ok());
+  EXPECT_TRUE(empty->rows.empty());
+  EXPECT_FALSE(empty->has_more);
+}
+
+TEST(Sanitize, StripsC0DelAndC1AndRepairsUtf8) {
+  EXPECT_EQ(StripControl("a\x1b[31mb\x07"
+                         "c\x7f",
+                         false),
+            "a[31mbc");
+  EXPECT_EQ(StripControl("line1\r\n\tline2", true), "line1 line2");
+  // U+009B (CSI) as UTF-8 is C2 9B; U+00A0 (C2 A0) is not a control.
+  EXPECT_EQ(StripControl("x\xc2\x9b"
+                         "2Jy\xc2\xa0z",
+                         false),
+            "x2Jy\xc2\xa0z");
+  // A lone 0x9B byte is not UTF-8: replaced, never passed through.
+  EXPECT_EQ(StripControl("x\x9by", false), "x\xef\xbf\xbdy");
+  EXPECT_EQ(StripControl(std::string("a\0b", 3), false), "ab");
+  // Multibyte text survives unchanged.
+  EXPECT_EQ(StripControl("f\xc3\xbc"
+                         "chse \xe2\x9c\x93 \xf0\x9f\x8e\xac",
+                         false),
+            "f\xc3\xbc"
+            "chse \xe2\x9c\x93 \xf0\x9f\x8e\xac");
+  // Overlong and surrogate encodings are ill-formed.
+  EXPECT_EQ(StripControl("\xc0\x8a", false), "\xef\xbf\xbd\xef\xbf\xbd");
+  EXPECT_EQ(StripControl("\xed\xa0\x80", false),
+            "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+}
+
+TEST(Sanitize, RedactsTheKeyEvenWhenSplitByControls) {
+  const std::string key = "sk-live-SECRET-42";
+  EXPECT_EQ(CleanText("echo sk-live-\x01SECRET-42!", key, false),
+            "echo [redacted]!");
+  Snapshot s;
+  s.raw_status = "queued\n";
+  s.video = VideoInfo{"https://cdn/x.mp4?k=sk-live-SECRET-42\r\n",
+                      "video/mp4\x1b", "x\x07.mp4", 1, 0};
+  s.error = TaskError{"Name\x1b[2J", "bad\nkey sk-live-SECRET-42"};
+  CleanSnapshot(&s, key);
+  EXPECT_EQ(s.raw_status, "queued");
+  EXPECT_EQ(s.state, TaskState::kQueued);
+  EXPECT_EQ(s.video->url, "https://cdn/x.mp4?k=[redacted]");
+  EXPECT_EQ(s.video->content_type, "video/mp4");
+  EXPECT_EQ(s.video->file_name, "x.mp4");
+  EXPECT_EQ(s.error->name, "Name [2J");
+  EXPECT_EQ(s.error->message, "bad key [redacted]");
+  absl::Status st = CleanStatus(
+      WithRetryAfter(absl::ResourceExhaustedError("a\x1b"
+                                                  "b sk-live-SECRET-42"),
+                     absl::Seconds(3)),
+      key);
+  EXPECT_EQ(st.message(), "a b [redacted]");
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(RetryAfterOf(st), absl::Seconds(3));
+}
+
+TEST(CheckBaseUrl, KeyOnlyOverTlsOrToLoopback) {
+  using absl::StatusCode;
+  struct Case {
+    const char* url;
+    bool has_key;
+    StatusCode code;
+  } cases[] = {
+      {"https://api.aimlapi.com", true, StatusCode::kOk},
+      {"HTTPS://api.aimlapi.com/", true, StatusCode::kOk},
+      {"http://127.0.0.1:8080", true, StatusCode::kOk},
+      {"http://127.9.8.7", true, StatusCode::kOk},
+      {"http://localhost:1234", true, StatusCode::kOk},
+      {"http://LOCALHOST", true, StatusCode::kOk},
+      {"http://[::1]:9000", true, StatusCode::kOk},
+      {"http://api.aimlapi.com", false, StatusCode::kOk},
+      {"http://api.aimlapi.com", true, StatusCode::kFailedPrecondition},
+      {"http://10.0.0.5:8080", true, StatusCode::kFailedPrecondition},
+      {"http://127.0.0.1.nip.io", true, StatusCode::kFailedPrecondition},
+      {"http://localhost.evil.com", true, StatusCode::kFailedPrecondition},
+      {"http://127.0.0.1@evil.com", true, StatusCode::kFailedPrecondition},
+      {"http://[::ffff:10.0.0.1]", true, StatusCode::kFailedPrecondition},
+      {"ftp://api.aimlapi.com", true, StatusCode::kInvalidArgument},
+      {"api.aimlapi.com", true, StatusCode::kInvalidArgument},
+      {"", false, StatusCode::kInvalidArgument},
+  };
+  for (const Case& c : cases) {
+    absl::Status s = AimlApiUpstream::CheckBaseUrl(c.url, c.has_key);
+    EXPECT_EQ(s.code(), c.code) << c.url << " " << s;
+  }
+  absl::Status refused =
+      AimlApiUpstream::CheckBaseUrl("http://user:pw@api.example.com/", true);
+  EXPECT_NE(refused.message().find("plain http"), std::string::npos);
+  EXPECT_NE(refused.message().find("api.example.com"), std::string::npos);
+  EXPECT_EQ(refused.message().find("pw"), std::string::npos) << refused;
 }
 
 TEST(HttpError, UpstreamEchoingTheKeyIsRedacted) {

@@ -1,20 +1,30 @@
 // AimlApiUpstream against a live in-process videogen-sim on loopback (and a
 // tiny httplib server for answers the sim never gives).
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <future>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -61,29 +71,17 @@ class SecretCheck {
   std::vector<std::string> messages_ ABSL_GUARDED_BY(mu_);
 };
 
-class UpstreamTest : public ::testing::Test {
+// Helpers shared by the sim tests and the scripted-server tests.
+class ClientTest : public ::testing::Test {
  protected:
-  void SetUp() override { StartSim(sim::SimOptions{}); }
-
   void TearDown() override {
     secrets_.ExpectClean();
     up_.reset();
-    if (sim_) sim_->Stop();
   }
 
-  void StartSim(sim::SimOptions o) {
-    if (sim_) sim_->Stop();
-    o.api_key = kKey;
-    o.queued_for = absl::Milliseconds(100);
-    o.generating_for = absl::Milliseconds(200);
-    o.slow_delay = absl::Seconds(2);
-    sim_ = std::make_unique<sim::SimServer>(o);
-    ASSERT_TRUE(sim_->Start().ok());
-  }
-
-  AimlApiOptions Options() {
+  AimlApiOptions BaseOptions(std::string url) {
     AimlApiOptions o;
-    o.base_url = sim_->base_url();
+    o.base_url = std::move(url);
     o.api_key = kKey;
     o.backoff_base = absl::Milliseconds(5);
     o.backoff_max = absl::Milliseconds(50);
@@ -97,7 +95,6 @@ class UpstreamTest : public ::testing::Test {
     up_ = std::make_unique<AimlApiUpstream>(std::move(o));
     return *up_;
   }
-  AimlApiUpstream& Up() { return Up(Options()); }
 
   static SubmitRequest Request(std::string id = "gen-1") {
     SubmitRequest r;
@@ -108,18 +105,28 @@ class UpstreamTest : public ::testing::Test {
     return r;
   }
 
-  // Runs a call and waits for its one callback; checks the thread it ran on.
-  absl::StatusOr<SubmitResult> SubmitSync(AimlApiUpstream& up,
-                                          SubmitRequest r) {
+  // Submits, opens the gate as soon as `ready` runs, and waits for the one
+  // answer; checks the threads callbacks run on and counts `ready` calls.
+  absl::StatusOr<SubmitResult> SubmitSync(AimlApiUpstream& up, SubmitRequest r,
+                                          int* ready_calls = nullptr) {
     std::promise<absl::StatusOr<SubmitResult>> p;
     auto f = p.get_future();
-    up.Submit(std::move(r), [&](absl::StatusOr<SubmitResult> s) {
-      EXPECT_NE(std::this_thread::get_id(), test_thread_);
-      p.set_value(std::move(s));
-    });
+    std::atomic<int> readies{0};
+    up.Submit(
+        std::move(r),
+        [&](std::shared_ptr<SubmitGate> gate) {
+          EXPECT_NE(std::this_thread::get_id(), test_thread_);
+          ++readies;
+          gate->Send();
+        },
+        [&](absl::StatusOr<SubmitResult> s) {
+          EXPECT_NE(std::this_thread::get_id(), test_thread_);
+          p.set_value(std::move(s));
+        });
     EXPECT_EQ(f.wait_for(std::chrono::seconds(30)), std::future_status::ready);
     absl::StatusOr<SubmitResult> s = f.get();
     secrets_.Note(s.status());
+    if (ready_calls != nullptr) *ready_calls = readies;
     return s;
   }
 
@@ -137,6 +144,48 @@ class UpstreamTest : public ::testing::Test {
     secrets_.Note(s.status());
     return s;
   }
+
+  absl::StatusOr<LogPage> LogsSync(AimlApiUpstream& up, LogQuery q) {
+    std::promise<absl::StatusOr<LogPage>> p;
+    auto f = p.get_future();
+    up.ListLogs(std::move(q), [&](absl::StatusOr<LogPage> s) {
+      EXPECT_NE(std::this_thread::get_id(), test_thread_);
+      p.set_value(std::move(s));
+    });
+    EXPECT_EQ(f.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+    absl::StatusOr<LogPage> s = f.get();
+    secrets_.Note(s.status());
+    return s;
+  }
+
+  std::unique_ptr<AimlApiUpstream> up_;
+  SecretCheck secrets_;
+  const std::thread::id test_thread_ = std::this_thread::get_id();
+};
+
+class UpstreamTest : public ClientTest {
+ protected:
+  void SetUp() override { StartSim(sim::SimOptions{}); }
+
+  void TearDown() override {
+    ClientTest::TearDown();
+    if (sim_) sim_->Stop();
+  }
+
+  void StartSim(sim::SimOptions o) {
+    if (sim_) sim_->Stop();
+    o.api_key = kKey;
+    o.queued_for = absl::Milliseconds(100);
+    o.generating_for = absl::Milliseconds(200);
+    o.slow_delay = absl::Seconds(2);
+    sim_ = std::make_unique<sim::SimServer>(o);
+    ASSERT_TRUE(sim_->Start().ok());
+  }
+
+  AimlApiOptions Options() { return BaseOptions(sim_->base_url()); }
+
+  using ClientTest::Up;
+  AimlApiUpstream& Up() { return Up(Options()); }
 
   // Polls until a terminal state (or 10 s).
   Snapshot PollToEnd(AimlApiUpstream& up, const std::string& id,
@@ -163,9 +212,6 @@ class UpstreamTest : public ::testing::Test {
   }
 
   std::unique_ptr<sim::SimServer> sim_;
-  std::unique_ptr<AimlApiUpstream> up_;
-  SecretCheck secrets_;
-  const std::thread::id test_thread_ = std::this_thread::get_id();
 };
 
 sim::FaultRule Fault(sim::Endpoint e, sim::FaultKind k, int every_nth) {
@@ -338,15 +384,16 @@ TEST_F(UpstreamTest, RetriesWithBackoffRecoverAndShowInSimStats) {
   ASSERT_TRUE(PollSync(up, s->upstream_id).ok());
   absl::StatusOr<Snapshot> p = PollSync(up, s->upstream_id);
   ASSERT_TRUE(p.ok()) << p.status();
+  // A create answered 503 may have made a job: never sent again.
   absl::StatusOr<SubmitResult> s2 = SubmitSync(up, Request("gen-b"));
-  ASSERT_TRUE(s2.ok()) << s2.status();
+  EXPECT_EQ(s2.status().code(), absl::StatusCode::kUnknown) << s2.status();
+  EXPECT_THAT(s2.status().message(), HasSubstr("never resubmitted"));
   sim::SimStats stats = sim_->Stats();
   EXPECT_EQ(stats.polls_by_id[s->upstream_id], 3);
   EXPECT_EQ(stats.faults_by_kind["500"], 1);
   EXPECT_EQ(stats.faults_by_kind["503"], 1);
-  EXPECT_EQ(stats.requests_by_path[kLegacyPost], 3);
-  EXPECT_EQ(stats.submits, 2);
-  EXPECT_EQ(up.counters().retries, 2);
+  EXPECT_EQ(stats.requests_by_path[kLegacyPost], 2);
+  EXPECT_EQ(up.counters().retries, 1);
   EXPECT_EQ(up.counters().attempts["poll 5xx"], 1);
   EXPECT_EQ(up.counters().attempts["submit 5xx"], 1);
 }
@@ -379,6 +426,8 @@ TEST_F(UpstreamTest, RetryAfterBeyondTheLimitEndsRetries) {
   absl::StatusOr<SubmitResult> s = SubmitSync(up, Request());
   EXPECT_EQ(s.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(s.status().message(), HasSubstr("retry after 2m"));
+  EXPECT_EQ(RetryAfterOf(s.status()), absl::Seconds(120));
+  EXPECT_EQ(ClassifySubmitError(s.status()), SubmitOutcome::kNotCreated);
   EXPECT_EQ(Count(kLegacyPost), 1);
 }
 
@@ -403,8 +452,10 @@ TEST_F(UpstreamTest, SubmitTimeoutIsNotResentBecauseTheJobMayExist) {
   AimlApiUpstream& up = Up(o);
   sim_->SetFaults({Fault(sim::Endpoint::kCreate, sim::FaultKind::kSlow, 1)});
   absl::StatusOr<SubmitResult> s = SubmitSync(up, Request());
-  EXPECT_EQ(s.status().code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_THAT(s.status().message(), HasSubstr("may or may not exist"));
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kUnknown);
+  EXPECT_THAT(s.status().message(), HasSubstr("in time"));
+  EXPECT_THAT(s.status().message(), HasSubstr("never resubmitted"));
+  EXPECT_EQ(ClassifySubmitError(s.status()), SubmitOutcome::kMaybeCreated);
   EXPECT_EQ(Count(kLegacyPost), 1);
   EXPECT_EQ(up.counters().retries, 0);
 }
@@ -416,8 +467,8 @@ TEST_F(UpstreamTest, ResetAfterSubmitIsNotResentButPollsRetry) {
   sim_->SetFaults({Fault(sim::Endpoint::kCreate, sim::FaultKind::kReset, 1),
                    Fault(sim::Endpoint::kPoll, sim::FaultKind::kReset, 2)});
   absl::StatusOr<SubmitResult> s = SubmitSync(up, Request());
-  EXPECT_EQ(s.status().code(), absl::StatusCode::kUnavailable) << s.status();
-  EXPECT_THAT(s.status().message(), HasSubstr("may or may not exist"));
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kUnknown) << s.status();
+  EXPECT_THAT(s.status().message(), HasSubstr("may have created the job"));
   EXPECT_EQ(Count(kLegacyPost), 2);
   EXPECT_EQ(sim_->Stats().submits, 2);  // the job was made all the same
   ASSERT_TRUE(PollSync(up, first->upstream_id).ok());
@@ -436,10 +487,13 @@ TEST_F(UpstreamTest, ConnectionRefusedIsRetriedThenUnavailable) {
   AimlApiOptions o = Options();
   o.base_url = absl::StrCat("http://127.0.0.1:", port);
   AimlApiUpstream& up = Up(o);
-  absl::StatusOr<SubmitResult> s = SubmitSync(up, Request());
+  int readies = 0;
+  absl::StatusOr<SubmitResult> s = SubmitSync(up, Request(), &readies);
   EXPECT_EQ(s.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(s.status().message(), HasSubstr("--upstream_url"));
-  EXPECT_THAT(s.status().message(), Not(HasSubstr("may or may not")));
+  EXPECT_THAT(s.status().message(), HasSubstr("nothing was sent"));
+  EXPECT_EQ(ClassifySubmitError(s.status()), SubmitOutcome::kNotCreated);
+  EXPECT_EQ(readies, 1);  // retries reuse the open gate
   absl::StatusOr<Snapshot> p = PollSync(up, "x");
   EXPECT_EQ(p.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(up.counters().retries, 4);
@@ -461,7 +515,7 @@ TEST_F(UpstreamTest, MalformedJsonIsAnErrorNeverACrash) {
   EXPECT_EQ(sim_->Stats().polls_by_id[s->upstream_id], 2);
   absl::StatusOr<SubmitResult> bad = SubmitSync(up, Request());
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnknown);
-  EXPECT_THAT(bad.status().message(), HasSubstr("may or may not exist"));
+  EXPECT_THAT(bad.status().message(), HasSubstr("never resubmitted"));
   EXPECT_EQ(Count(kLegacyPost), 2);
 }
 
@@ -494,6 +548,9 @@ TEST_F(UpstreamTest, AThousandConcurrentPollsThroughOneLoop) {
     ASSERT_TRUE(s.ok()) << s.status();
     ids.push_back(s->upstream_id);
   }
+  // Every submit opens its own connection (never a reused one).
+  const int64_t by_submits = up.counters().connections_opened;
+  EXPECT_EQ(by_submits, 20);
   constexpr int kPolls = 1000;
   absl::Mutex mu;
   int done = 0, ok = 0, wrong = 0;
@@ -532,9 +589,10 @@ TEST_F(UpstreamTest, AThousandConcurrentPollsThroughOneLoop) {
   EXPECT_EQ(c.in_flight, 0);
   EXPECT_EQ(c.queued, 0);
   EXPECT_EQ(c.calls_finished, c.calls_started);
-  // Keep-alive: 1,020 requests over at most max_connections connections.
-  EXPECT_GE(c.connections_opened, 1);
-  EXPECT_LE(c.connections_opened, 16);
+  // Keep-alive: 1,000 polls over at most max_connections new connections
+  // (they also reuse the ones the submits left in the pool).
+  EXPECT_GE(c.connections_opened - by_submits, 0);
+  EXPECT_LE(c.connections_opened - by_submits, 16);
 }
 
 TEST_F(UpstreamTest, RateLimitSpacesRequests) {
@@ -569,17 +627,43 @@ TEST_F(UpstreamTest, ShutdownCancelsEveryPendingCallExactlyOnce) {
       if (s.status().code() == absl::StatusCode::kCancelled) ++cancelled;
     });
   }
-  std::string submit_message;
-  up->Submit(Request(), [&](absl::StatusOr<SubmitResult> s) {
-    ++calls;
-    if (s.status().code() == absl::StatusCode::kCancelled) ++cancelled;
-    submit_message = std::string(s.status().message());
-  });
+  // The submit waits for a slot behind the polls: it never got a gate.
+  std::atomic<int> readies{0};
+  absl::Status submit_status;
+  up->Submit(
+      Request(), [&](std::shared_ptr<SubmitGate>) { ++readies; },
+      [&](absl::StatusOr<SubmitResult> s) {
+        ++calls;
+        if (s.status().code() == absl::StatusCode::kCancelled) ++cancelled;
+        submit_status = s.status();
+      });
   absl::SleepFor(absl::Milliseconds(200));
   up.reset();
   EXPECT_EQ(calls, 11);
   EXPECT_EQ(cancelled, 11);
-  EXPECT_THAT(submit_message, HasSubstr("shutting down"));
+  EXPECT_EQ(readies, 0);
+  EXPECT_THAT(submit_status.message(), HasSubstr("shutting down"));
+  EXPECT_EQ(ClassifySubmitError(submit_status), SubmitOutcome::kNotCreated);
+}
+
+TEST_F(UpstreamTest, ShutdownWithThePostInFlightIsUnknown) {
+  sim_->SetFaults({Fault(sim::Endpoint::kCreate, sim::FaultKind::kSlow, 1)});
+  auto up = std::make_unique<AimlApiUpstream>(Options());
+  std::promise<absl::Status> done;
+  up->Submit(
+      Request(), [](std::shared_ptr<SubmitGate> g) { g->Send(); },
+      [&](absl::StatusOr<SubmitResult> s) { done.set_value(s.status()); });
+  // Wait until the sim holds the POST (it sleeps in the slow fault).
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (Count(kLegacyPost) == 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_EQ(Count(kLegacyPost), 1);
+  up.reset();
+  absl::Status s = done.get_future().get();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnknown) << s;
+  EXPECT_THAT(s.message(), HasSubstr("in flight"));
+  EXPECT_EQ(ClassifySubmitError(s), SubmitOutcome::kMaybeCreated);
 }
 
 TEST_F(UpstreamTest, HostileHeaderValuesAreDroppedAndBadUtf8IsReplaced) {
@@ -753,6 +837,643 @@ TEST_F(UpstreamTest, ConcurrencyCapBoundsRequestsInFlight) {
   EXPECT_LE(tiny.max_active(), 2);
   EXPECT_GE(tiny.max_active(), 1);
   up_.reset();
+}
+
+// A raw HTTP/1.1 server on loopback whose every answer is scripted: it can
+// reset a connection without one answer byte or hang, which httplib
+// cannot, and it counts exactly what arrived, including any resend that
+// libcurl makes on its own. It binds at construction and accepts only after
+// Listen(), so that connecting before then is refused.
+class ScriptedServer {
+ public:
+  struct Request {
+    int connection = 0;  // which TCP connection carried it (1, 2, ...)
+    std::string method;
+    std::string target;
+    std::map<std::string, std::string> headers;  // names lower-cased
+    std::string body;
+  };
+  struct Action {
+    enum Kind { kAnswer, kReset, kHang } kind = kAnswer;
+    int status = 200;
+    std::string body = R"({"id":"job-1","status":"queued"})";
+    std::vector<std::string> headers;  // "Name: value"
+  };
+  // Runs on a connection thread; `index` counts requests from 0.
+  using Script = std::function<Action(const Request&, int index)>;
+
+  explicit ScriptedServer(Script script, bool listen = true)
+      : script_(std::move(script)) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    socklen_t len = sizeof addr;
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    if (listen) Listen();
+  }
+
+  ~ScriptedServer() {
+    stop_ = true;
+    if (acceptor_.joinable()) acceptor_.join();
+    std::vector<std::thread> threads;
+    {
+      absl::MutexLock lock(&mu_);
+      for (int fd : open_fds_) shutdown(fd, SHUT_RDWR);
+      threads.swap(threads_);
+    }
+    for (std::thread& t : threads) t.join();
+    close(fd_);
+  }
+
+  // Starts accepting; safe to call twice and from any thread.
+  void Listen() {
+    if (listening_.exchange(true)) return;
+    EXPECT_EQ(listen(fd_, 64), 0);
+    acceptor_ = std::thread([this] { Accept(); });
+  }
+
+  std::string url() const { return absl::StrCat("http://127.0.0.1:", port_); }
+
+  std::vector<Request> requests() {
+    absl::MutexLock lock(&mu_);
+    return requests_;
+  }
+  int Count(absl::string_view method) {
+    int n = 0;
+    for (const Request& r : requests()) n += r.method == method;
+    return n;
+  }
+
+ private:
+  void Accept() {
+    while (!stop_) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 20) <= 0) continue;
+      const int conn = accept(fd_, nullptr, nullptr);
+      if (conn < 0) continue;
+      absl::MutexLock lock(&mu_);
+      open_fds_.insert(conn);
+      const int id = ++connections_;
+      threads_.emplace_back([this, conn, id] { Serve(conn, id); });
+    }
+  }
+
+  // Reads into `buf` until `done()`; false on EOF, error or stop.
+  bool ReadUntil(int fd, std::string* buf, const std::function<bool()>& done) {
+    char chunk[4096];
+    while (!done()) {
+      pollfd p{fd, POLLIN, 0};
+      if (stop_) return false;
+      if (poll(&p, 1, 20) <= 0) continue;
+      const ssize_t n = read(fd, chunk, sizeof chunk);
+      if (n <= 0) return false;
+      buf->append(chunk, static_cast<size_t>(n));
+    }
+    return true;
+  }
+
+  void Serve(int fd, int connection) {
+    std::string buf;
+    while (!stop_) {
+      if (!ReadUntil(fd, &buf, [&] {
+            return buf.find("\r\n\r\n") != std::string::npos;
+          })) {
+        break;
+      }
+      const size_t head_end = buf.find("\r\n\r\n");
+      Request req;
+      req.connection = connection;
+      std::vector<std::string> lines =
+          absl::StrSplit(buf.substr(0, head_end), "\r\n");
+      std::vector<std::string> first = absl::StrSplit(lines[0], ' ');
+      req.method = first[0];
+      req.target = first.size() > 1 ? first[1] : "";
+      for (size_t i = 1; i < lines.size(); ++i) {
+        const size_t colon = lines[i].find(':');
+        if (colon == std::string::npos) continue;
+        req.headers[absl::AsciiStrToLower(lines[i].substr(0, colon))] =
+            std::string(absl::StripAsciiWhitespace(lines[i].substr(colon + 1)));
+      }
+      size_t length = 0;
+      if (req.headers.count("content-length")) {
+        length = std::stoul(req.headers["content-length"]);
+      }
+      buf.erase(0, head_end + 4);
+      if (!ReadUntil(fd, &buf, [&] { return buf.size() >= length; })) break;
+      req.body = buf.substr(0, length);
+      buf.erase(0, length);
+      int index;
+      {
+        absl::MutexLock lock(&mu_);
+        index = static_cast<int>(requests_.size());
+        requests_.push_back(req);
+      }
+      const Action action = script_(req, index);
+      if (action.kind == Action::kReset) {
+        linger l{1, 0};  // close with RST, no answer byte
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+        break;
+      }
+      if (action.kind == Action::kHang) {
+        std::string ignored;
+        ReadUntil(fd, &ignored, [] { return false; });  // until peer or stop
+        break;
+      }
+      std::string out =
+          absl::StrCat("HTTP/1.1 ", action.status, " Scripted\r\n",
+                       "Content-Type: application/json\r\nContent-Length: ",
+                       action.body.size(), "\r\n");
+      for (const std::string& h : action.headers) {
+        absl::StrAppend(&out, h, "\r\n");
+      }
+      absl::StrAppend(&out, "\r\n", action.body);
+      if (write(fd, out.data(), out.size()) !=
+          static_cast<ssize_t>(out.size())) {
+        break;
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    open_fds_.erase(fd);
+    close(fd);
+  }
+
+  const Script script_;
+  int fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> listening_{false};
+  std::thread acceptor_;
+  absl::Mutex mu_;
+  std::vector<Request> requests_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
+  std::set<int> open_fds_ ABSL_GUARDED_BY(mu_);
+  int connections_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+using Action = ScriptedServer::Action;
+
+Action Answer(int status, std::string body,
+              std::vector<std::string> headers = {}) {
+  Action a;
+  a.status = status;
+  a.body = std::move(body);
+  a.headers = std::move(headers);
+  return a;
+}
+
+Action Kind(Action::Kind kind) {
+  Action a;
+  a.kind = kind;
+  return a;
+}
+
+// "a=1&b=x%2Fy&b=z" -> {{"a","1"},{"b","x/y"},{"b","z"}}, in order.
+std::vector<std::pair<std::string, std::string>> QueryParams(
+    const std::string& target) {
+  std::vector<std::pair<std::string, std::string>> out;
+  const size_t q = target.find('?');
+  if (q == std::string::npos) return out;
+  for (absl::string_view part : absl::StrSplit(target.substr(q + 1), '&')) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(part, '=');
+    std::string decoded;
+    for (size_t i = 0; i < kv.second.size(); ++i) {
+      if (kv.second[i] == '%' && i + 2 < kv.second.size()) {
+        decoded += static_cast<char>(
+            std::stoi(kv.second.substr(i + 1, 2), nullptr, 16));
+        i += 2;
+      } else {
+        decoded += kv.second[i];
+      }
+    }
+    out.emplace_back(kv.first, decoded);
+  }
+  return out;
+}
+
+class FaultTest : public ClientTest {};
+
+TEST_F(FaultTest, ConnectRefusedIsRetriedAndTheOneRequestThenSucceeds) {
+  ScriptedServer server(
+      [](const ScriptedServer::Request&, int) {
+        return Answer(201, R"({"id":"job-1","status":"queued"})");
+      },
+      /*listen=*/false);
+  AimlApiOptions o = BaseOptions(server.url());
+  // The first attempt is refused; the server starts listening right after.
+  o.on_attempt = [&server](const AttemptRecord& r) {
+    if (r.kind == CallKind::kSubmit && r.http_status == 0) server.Listen();
+  };
+  AimlApiUpstream& up = Up(o);
+  int readies = 0;
+  absl::StatusOr<SubmitResult> s = SubmitSync(up, Request(), &readies);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->upstream_id, "job-1");
+  EXPECT_EQ(readies, 1);
+  EXPECT_EQ(server.Count("POST"), 1);
+  EXPECT_EQ(up.counters().retries, 1);
+  EXPECT_EQ(up.counters().attempts["submit transport"], 1);
+  EXPECT_EQ(up.counters().attempts["submit 2xx"], 1);
+}
+
+TEST_F(FaultTest, Submit429IsRetriedThenSucceeds) {
+  ScriptedServer server([](const ScriptedServer::Request&, int i) {
+    return i == 0 ? Answer(429, R"({"message":"Too many requests"})")
+                  : Answer(201, R"({"id":"job-2","status":"queued"})");
+  });
+  AimlApiUpstream& up = Up(BaseOptions(server.url()));
+  int readies = 0;
+  absl::StatusOr<SubmitResult> s = SubmitSync(up, Request("gen-429"), &readies);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->upstream_id, "job-2");
+  EXPECT_EQ(readies, 1);
+  std::vector<ScriptedServer::Request> reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  for (const auto& r : reqs) {
+    EXPECT_EQ(r.method, "POST");
+    EXPECT_EQ(r.headers.at("x-client-request-id"), "gen-429");
+    EXPECT_EQ(r.body, reqs[0].body);
+  }
+  EXPECT_EQ(up.counters().retries, 1);
+}
+
+TEST_F(FaultTest, AmbiguousHttpAnswersAreUnknownAndSentOnce) {
+  for (int status : {500, 502, 503, 504, 408, 303}) {
+    ScriptedServer server([status](const ScriptedServer::Request&, int) {
+      return Answer(status, R"({"message":"upstream broke","statusCode":"x"})");
+    });
+    AimlApiUpstream& up = Up(BaseOptions(server.url()));
+    absl::StatusOr<SubmitResult> s = SubmitSync(up, Request());
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kUnknown) << status;
+    EXPECT_THAT(s.status().message(), HasSubstr("may have created the job"));
+    EXPECT_THAT(s.status().message(), HasSubstr("never resubmitted"));
+    EXPECT_THAT(s.status().message(), HasSubstr("upstream broke"));
+    EXPECT_EQ(ClassifySubmitError(s.status()), SubmitOutcome::kMaybeCreated);
+    EXPECT_EQ(server.Count("POST"), 1) << status;
+    EXPECT_EQ(up.counters().retries, 0) << status;
+    up_.reset();
+  }
+}
+
+TEST_F(FaultTest, RefusalsAreNotCreatedAndSentOnce) {
+  struct Case {
+    int status;
+    absl::StatusCode code;
+  } cases[] = {{400, absl::StatusCode::kInvalidArgument},
+               {401, absl::StatusCode::kUnauthenticated},
+               {403, absl::StatusCode::kFailedPrecondition}};
+  for (const Case& c : cases) {
+    ScriptedServer server([&c](const ScriptedServer::Request&, int) {
+      return Answer(c.status, R"({"message":"no"})");
+    });
+    AimlApiUpstream& up = Up(BaseOptions(server.url()));
+    absl::StatusOr<SubmitResult> s = SubmitSync(up, Request());
+    EXPECT_EQ(s.status().code(), c.code) << c.status;
+    EXPECT_EQ(ClassifySubmitError(s.status()), SubmitOutcome::kNotCreated);
+    EXPECT_EQ(server.Count("POST"), 1);
+    up_.reset();
+  }
+}
+
+TEST_F(FaultTest, SuccessWithoutAnIdIsUnknownAndSentOnce) {
+  for (const char* body : {R"({"status":"queued"})", "", "{\"id\":null}"}) {
+    ScriptedServer server([body](const ScriptedServer::Request&, int) {
+      return Answer(201, body);
+    });
+    AimlApiUpstream& up = Up(BaseOptions(server.url()));
+    absl::StatusOr<SubmitResult> s = SubmitSync(up, Request());
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kUnknown) << body;
+    EXPECT_THAT(s.status().message(), HasSubstr("never resubmitted"));
+    EXPECT_EQ(server.Count("POST"), 1) << body;
+    up_.reset();
+  }
+}
+
+TEST_F(FaultTest, ResetWithNoAnswerByteIsUnknownAndNotResentByLibcurl) {
+  // A poll first leaves a keep-alive connection open. Were the POST sent on
+  // it, libcurl would resend it on a new connection by itself after this
+  // reset; the submit's fresh connection prevents that.
+  ScriptedServer server([](const ScriptedServer::Request& r, int) {
+    if (r.method == "GET")
+      return Answer(200, R"({"id":"a","status":"active"})");
+    return Kind(Action::kReset);
+  });
+  AimlApiUpstream& up = Up(BaseOptions(server.url()));
+  ASSERT_TRUE(PollSync(up, "a").ok());
+  absl::StatusOr<SubmitResult> s = SubmitSync(up, Request());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kUnknown) << s.status();
+  EXPECT_THAT(s.status().message(), HasSubstr("after it was sent"));
+  EXPECT_EQ(ClassifySubmitError(s.status()), SubmitOutcome::kMaybeCreated);
+  EXPECT_EQ(server.Count("POST"), 1);
+  std::vector<ScriptedServer::Request> reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  EXPECT_NE(reqs[1].connection, reqs[0].connection);
+  // Polls still retry a reset.
+  ASSERT_TRUE(PollSync(up, "a").ok());
+}
+
+TEST_F(FaultTest, TimeoutAfterSendingIsUnknownAndSentOnce) {
+  ScriptedServer server(
+      [](const ScriptedServer::Request&, int) { return Kind(Action::kHang); });
+  AimlApiOptions o = BaseOptions(server.url());
+  o.request_timeout = absl::Milliseconds(300);
+  AimlApiUpstream& up = Up(o);
+  absl::StatusOr<SubmitResult> s = SubmitSync(up, Request());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kUnknown) << s.status();
+  EXPECT_THAT(s.status().message(), HasSubstr("in time"));
+  EXPECT_EQ(server.Count("POST"), 1);
+  EXPECT_EQ(up.counters().retries, 0);
+  up_.reset();
+}
+
+TEST_F(FaultTest, NothingLeavesBeforeSend) {
+  ScriptedServer server([](const ScriptedServer::Request& r, int) {
+    if (r.method == "GET")
+      return Answer(200, R"({"id":"p","status":"queued"})");
+    return Answer(201, R"({"id":"job-3","status":"queued"})");
+  });
+  AimlApiUpstream& up = Up(BaseOptions(server.url()));
+  std::promise<std::shared_ptr<SubmitGate>> gate_p;
+  std::promise<absl::StatusOr<SubmitResult>> done_p;
+  up.Submit(
+      Request(),
+      [&](std::shared_ptr<SubmitGate> g) { gate_p.set_value(std::move(g)); },
+      [&](absl::StatusOr<SubmitResult> s) { done_p.set_value(std::move(s)); });
+  std::shared_ptr<SubmitGate> gate = gate_p.get_future().get();
+  EXPECT_EQ(up.counters().awaiting_send, 1);
+  // A poll through the same loop and server finishes; the POST did not go.
+  ASSERT_TRUE(PollSync(up, "p").ok());
+  EXPECT_EQ(server.Count("POST"), 0);
+  EXPECT_EQ(server.Count("GET"), 1);
+  gate->Send();  // from the test thread
+  gate->Send();  // later decisions do nothing
+  gate->Abandon();
+  absl::StatusOr<SubmitResult> s = done_p.get_future().get();
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->upstream_id, "job-3");
+  EXPECT_EQ(server.Count("POST"), 1);
+  EXPECT_EQ(up.counters().awaiting_send, 0);
+}
+
+TEST_F(FaultTest, AbandonAnswersAbortedAndFreesTheSlot) {
+  ScriptedServer server([](const ScriptedServer::Request&, int) {
+    return Answer(201, R"({"id":"job-b","status":"queued"})");
+  });
+  AimlApiOptions o = BaseOptions(server.url());
+  o.max_in_flight = 1;
+  AimlApiUpstream& up = Up(o);
+  std::promise<std::shared_ptr<SubmitGate>> gate_a;
+  std::promise<absl::Status> done_a;
+  up.Submit(
+      Request("gen-a"),
+      [&](std::shared_ptr<SubmitGate> g) { gate_a.set_value(std::move(g)); },
+      [&](absl::StatusOr<SubmitResult> s) { done_a.set_value(s.status()); });
+  std::shared_ptr<SubmitGate> a = gate_a.get_future().get();
+  std::atomic<bool> b_ready{false};
+  std::promise<absl::StatusOr<SubmitResult>> done_b;
+  up.Submit(
+      Request("gen-b"),
+      [&](std::shared_ptr<SubmitGate> g) {
+        b_ready = true;
+        g->Send();
+      },
+      [&](absl::StatusOr<SubmitResult> s) { done_b.set_value(std::move(s)); });
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_FALSE(b_ready);  // A holds the only slot
+  a->Abandon();
+  absl::Status sa = done_a.get_future().get();
+  EXPECT_EQ(sa.code(), absl::StatusCode::kAborted) << sa;
+  EXPECT_EQ(ClassifySubmitError(sa), SubmitOutcome::kNotCreated);
+  absl::StatusOr<SubmitResult> sb = done_b.get_future().get();
+  ASSERT_TRUE(sb.ok()) << sb.status();
+  EXPECT_TRUE(b_ready);
+  std::vector<ScriptedServer::Request> reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 1u);
+  EXPECT_EQ(reqs[0].headers.at("x-client-request-id"), "gen-b");
+}
+
+TEST_F(FaultTest, ADroppedGateIsAnAbandon) {
+  ScriptedServer server([](const ScriptedServer::Request&, int) {
+    return Answer(201, R"({"id":"job","status":"queued"})");
+  });
+  AimlApiOptions o = BaseOptions(server.url());
+  o.max_in_flight = 1;
+  AimlApiUpstream& up = Up(o);
+  std::promise<absl::Status> dropped;
+  up.Submit(
+      Request("gen-dropped"), [](std::shared_ptr<SubmitGate>) {},
+      [&](absl::StatusOr<SubmitResult> s) { dropped.set_value(s.status()); });
+  EXPECT_EQ(dropped.get_future().get().code(), absl::StatusCode::kAborted);
+  ASSERT_TRUE(SubmitSync(up, Request("gen-next")).ok());
+  EXPECT_EQ(server.Count("POST"), 1);
+}
+
+TEST_F(FaultTest, DestroyedBeforeReadyIsCancelledAndLateSendIsHarmless) {
+  ScriptedServer server([](const ScriptedServer::Request&, int) {
+    return Answer(201, R"({"id":"job","status":"queued"})");
+  });
+  AimlApiOptions o = BaseOptions(server.url());
+  o.max_in_flight = 1;
+  auto up = std::make_unique<AimlApiUpstream>(o);
+  std::promise<std::shared_ptr<SubmitGate>> gate_a;
+  std::atomic<int> a_calls{0}, b_calls{0}, b_readies{0};
+  absl::Status sa, sb;
+  up->Submit(
+      Request("gen-a"),
+      [&](std::shared_ptr<SubmitGate> g) { gate_a.set_value(std::move(g)); },
+      [&](absl::StatusOr<SubmitResult> s) {
+        ++a_calls;
+        sa = s.status();
+      });
+  std::shared_ptr<SubmitGate> a = gate_a.get_future().get();
+  up->Submit(
+      Request("gen-b"), [&](std::shared_ptr<SubmitGate>) { ++b_readies; },
+      [&](absl::StatusOr<SubmitResult> s) {
+        ++b_calls;
+        sb = s.status();
+      });
+  up.reset();
+  EXPECT_EQ(a_calls, 1);
+  EXPECT_EQ(b_calls, 1);
+  EXPECT_EQ(b_readies, 0);
+  EXPECT_EQ(sa.code(), absl::StatusCode::kCancelled) << sa;
+  EXPECT_THAT(sa.message(), HasSubstr("never sent"));
+  EXPECT_EQ(sb.code(), absl::StatusCode::kCancelled) << sb;
+  a->Send();  // the client is gone: nothing happens
+  a.reset();
+  EXPECT_EQ(server.Count("POST"), 0);
+}
+
+TEST_F(FaultTest, CreditHeadersReachTheResultAndTheSnapshot) {
+  ScriptedServer server([](const ScriptedServer::Request& r, int) {
+    if (r.method == "GET") {
+      return Answer(200, R"({"id":"job","status":"completed",
+          "video":{"url":"https://cdn/x.mp4"}})",
+                    {"x-aimlapi-credits-used: 42"});
+    }
+    return Answer(201, R"({"id":"job","status":"queued"})",
+                  {"X-Aimlapi-Credits-Used: 1680000",
+                   "x-aimlapi-usd-spent: 0.84", "x-inference-id: job"});
+  });
+  AimlApiUpstream& up = Up(BaseOptions(server.url()));
+  absl::StatusOr<SubmitResult> s = SubmitSync(up, Request());
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->credits_used, 1680000);
+  EXPECT_DOUBLE_EQ(s->usd_spent, 0.84);
+  absl::StatusOr<Snapshot> p = PollSync(up, "job");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->credits_used, 42);
+}
+
+TEST_F(FaultTest, ListLogsSendsTheWindowFiltersAndPagesAndParsesRows) {
+  ScriptedServer server([](const ScriptedServer::Request& r, int) {
+    const bool second = absl::StrContains(r.target, "offset=2");
+    return Answer(
+        200,
+        absl::StrCat(
+            R"({"data":[{"created":"2026-01-02T03:04:05Z","status":"succeeded",)",
+            R"("model":"klingai/v2-master-text-to-video",)",
+            R"("cost":{"usd":0.84,"credits":1680000},"request_id":"r1",)",
+            R"("inference_id":"inf:kling/v2","client_request_id":)",
+            second ? R"(null}],)" : R"("gen-1"}],)",
+            R"("pagination":{"limit":2,"offset":)", second ? "2" : "0",
+            R"(,"total":3,"has_more":)", second ? "false" : "true", "}}"));
+  });
+  AimlApiUpstream& up = Up(BaseOptions(server.url()));
+  LogQuery q;
+  q.start = absl::FromUnixMillis(1767323045500);  // 2026-01-02T03:04:05.5Z
+  q.end = q.start + absl::Minutes(30);
+  q.models = {"klingai/v2-master-text-to-video", "kling-video/v1.6/pro"};
+  q.limit = 2;
+  absl::StatusOr<LogPage> first = LogsSync(up, q);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->rows.size(), 1u);
+  EXPECT_TRUE(first->has_more);
+  EXPECT_EQ(first->total, 3);
+  EXPECT_EQ(first->rows[0].client_request_id, "gen-1");
+  EXPECT_EQ(first->rows[0].inference_id, "inf:kling/v2");
+  EXPECT_EQ(first->rows[0].cost_credits, 1680000);
+  q.offset = 2;
+  absl::StatusOr<LogPage> second = LogsSync(up, q);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_FALSE(second->has_more);
+  EXPECT_EQ(second->rows[0].client_request_id, "");  // null
+
+  std::vector<ScriptedServer::Request> reqs = server.requests();
+  ASSERT_EQ(reqs.size(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(reqs[i].method, "GET");
+    EXPECT_TRUE(absl::StartsWith(reqs[i].target, "/v2/logs?"))
+        << reqs[i].target;
+    EXPECT_EQ(reqs[i].headers.at("authorization"),
+              absl::StrCat("Bearer ", kKey));
+    EXPECT_EQ(reqs[i].headers.count("x-client-request-id"), 0u);
+    using P = std::pair<std::string, std::string>;
+    EXPECT_EQ(QueryParams(reqs[i].target),
+              (std::vector<P>{{"start", "2026-01-02T03:04:05Z"},
+                              {"end", "2026-01-02T03:34:06Z"},
+                              {"model", "klingai/v2-master-text-to-video"},
+                              {"model", "kling-video/v1.6/pro"},
+                              {"limit", "2"},
+                              {"offset", i == 0 ? "0" : "2"}}));
+  }
+  // Values are percent-encoded on the wire.
+  EXPECT_THAT(reqs[0].target, HasSubstr("model=kling-video%2Fv1.6%2Fpro"));
+  EXPECT_THAT(reqs[0].target, HasSubstr("start=2026-01-02T03%3A04%3A05Z"));
+}
+
+TEST_F(FaultTest, ListLogs429IsResourceExhaustedWithRetryAfterAndNoRetry) {
+  ScriptedServer server([](const ScriptedServer::Request&, int i) {
+    return Answer(429, R"({"message":"Too many requests","statusCode":429})",
+                  i == 0 ? std::vector<std::string>{"Retry-After: 7"}
+                         : std::vector<std::string>{});
+  });
+  AimlApiUpstream& up = Up(BaseOptions(server.url()));
+  LogQuery q;
+  q.start = absl::Now() - absl::Hours(1);
+  q.end = absl::Now();
+  absl::StatusOr<LogPage> a = LogsSync(up, q);
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(std::string(*a.status().GetPayload(kRetryAfterPayload)), "7");
+  EXPECT_EQ(RetryAfterOf(a.status()), absl::Seconds(7));
+  EXPECT_EQ(server.Count("GET"), 1);
+  absl::StatusOr<LogPage> b = LogsSync(up, q);  // no Retry-After header
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_FALSE(RetryAfterOf(b.status()).has_value());
+  EXPECT_EQ(server.Count("GET"), 2);
+  EXPECT_EQ(up.counters().retries, 0);
+}
+
+TEST_F(FaultTest, ListLogsRetries5xxAndRefusesBadWindowsLocally) {
+  ScriptedServer server([](const ScriptedServer::Request&, int) {
+    return Answer(503, R"({"message":"down"})");
+  });
+  AimlApiUpstream& up = Up(BaseOptions(server.url()));
+  LogQuery q;
+  q.start = absl::Now() - absl::Hours(1);
+  q.end = absl::Now();
+  absl::StatusOr<LogPage> a = LogsSync(up, q);
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(server.Count("GET"), 3);
+  LogQuery reversed = q;
+  std::swap(reversed.start, reversed.end);
+  EXPECT_EQ(LogsSync(up, reversed).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  LogQuery too_long = q;
+  too_long.start = q.end - absl::Hours(24 * 93);
+  EXPECT_EQ(LogsSync(up, too_long).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(server.Count("GET"), 3);
+}
+
+TEST_F(FaultTest, ControlCharactersAndTheKeyNeverLeaveAPollAnswer) {
+  ScriptedServer server([](const ScriptedServer::Request& r, int) {
+    const std::string auth = r.headers.at("authorization");
+    return Answer(
+        200,
+        absl::StrCat(
+            R"({"id":"job","status":"generating\u001b[0m",)",
+            R"("error":{"name":"Bad\u0007Name","message":"line1\r\n)",
+            R"(line2 \u009b2J )", auth, R"("},)",
+            R"("video":{"url":"https://cdn/x.mp4\r\nX-Evil: 1",)",
+            R"("content_type":"video/mp4\u0000","file_name":"x\u007f.mp4"}})"));
+  });
+  AimlApiUpstream& up = Up(BaseOptions(server.url()));
+  absl::StatusOr<Snapshot> p = PollSync(up, "job");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->raw_status, "generating[0m");
+  ASSERT_TRUE(p->error.has_value());
+  EXPECT_EQ(p->error->name, "Bad Name");
+  EXPECT_EQ(p->error->message, "line1 line2  2J Bearer [redacted]");
+  ASSERT_TRUE(p->video.has_value());
+  EXPECT_EQ(p->video->url, "https://cdn/x.mp4X-Evil: 1");
+  EXPECT_EQ(p->video->content_type, "video/mp4");
+  EXPECT_EQ(p->video->file_name, "x.mp4");
+}
+
+TEST_F(FaultTest, KeyOverPlainHttpToAnotherHostIsRefusedWithoutARequest) {
+  // 192.0.2.1 is TEST-NET-1: never contacted, the call fails before.
+  AimlApiUpstream& up = Up(BaseOptions("http://192.0.2.1:9"));
+  std::atomic<int> readies{0};
+  std::promise<absl::Status> done;
+  up.Submit(
+      Request(), [&](std::shared_ptr<SubmitGate>) { ++readies; },
+      [&](absl::StatusOr<SubmitResult> s) { done.set_value(s.status()); });
+  absl::Status s = done.get_future().get();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(s.message(), HasSubstr("plain http"));
+  EXPECT_EQ(ClassifySubmitError(s), SubmitOutcome::kNotCreated);
+  EXPECT_EQ(readies, 0);
+  EXPECT_EQ(PollSync(up, "x").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  LogQuery q;
+  q.start = absl::Now() - absl::Hours(1);
+  q.end = absl::Now();
+  EXPECT_EQ(LogsSync(up, q).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(up.counters().attempts.empty());
 }
 
 }  // namespace

@@ -324,7 +324,9 @@ int Main() {
   SubmitRequest req;
   req.client_request_id = "bench";
   req.prompt = "benchmark";
-  up.Submit(req, [&](absl::StatusOr<SubmitResult> r) { made.set_value(r); });
+  up.Submit(
+      req, [](std::shared_ptr<SubmitGate> gate) { gate->Send(); },
+      [&](absl::StatusOr<SubmitResult> r) { made.set_value(r); });
   absl::StatusOr<SubmitResult> job = made.get_future().get();
   if (!job.ok()) {
     std::fprintf(stderr, "submit: %s\n", job.status().ToString().c_str());
