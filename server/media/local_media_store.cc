@@ -25,6 +25,9 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr char kTempPrefix[] = ".tmp-";
+
+// Debian's Abseil has its own string_view; the interface uses std's.
+absl::string_view Absl(std::string_view s) { return {s.data(), s.size()}; }
 constexpr char kMetaSuffix[] = ".meta";
 
 absl::Status Errno(absl::string_view what) {
@@ -81,7 +84,7 @@ class LocalMediaStore final : public MediaStore {
 
   const std::string& staging_dir() const override { return dir_; }
 
-  absl::Status Put(absl::string_view id, const std::string& staged_path,
+  absl::Status Put(std::string_view id, const std::string& staged_path,
                    const MediaObject& object) override {
     if (!ValidMediaId(id)) return absl::InvalidArgumentError("bad media id");
     if (fs::path(staged_path).parent_path() != fs::path(dir_)) {
@@ -92,8 +95,8 @@ class LocalMediaStore final : public MediaStore {
     nlohmann::json meta = {{"size", object.size},
                            {"content_type", object.content_type},
                            {"sha256", object.sha256}};
-    std::string meta_tmp = absl::StrCat(dir_, "/", kTempPrefix, id, kMetaSuffix,
-                                        "-", RandomSuffix());
+    std::string meta_tmp = absl::StrCat(dir_, "/", kTempPrefix, Absl(id),
+                                        kMetaSuffix, "-", RandomSuffix());
     if (absl::Status s = WriteFileSynced(meta_tmp, meta.dump()); !s.ok()) {
       unlink(meta_tmp.c_str());
       return s;
@@ -112,7 +115,7 @@ class LocalMediaStore final : public MediaStore {
     return FsyncPath(dir_, O_RDONLY | O_DIRECTORY);
   }
 
-  absl::StatusOr<MediaObject> Open(absl::string_view id) override {
+  absl::StatusOr<MediaObject> Open(std::string_view id) override {
     if (!ValidMediaId(id)) return absl::InvalidArgumentError("bad media id");
     MediaObject out;
     out.local_path = DataPath(id);
@@ -131,7 +134,7 @@ class LocalMediaStore final : public MediaStore {
     return out;
   }
 
-  absl::Status Read(absl::string_view id, int64_t offset, int64_t length,
+  absl::Status Read(std::string_view id, int64_t offset, int64_t length,
                     const ByteSink& sink) override {
     if (!ValidMediaId(id)) return absl::InvalidArgumentError("bad media id");
     int fd = open(DataPath(id).c_str(), O_RDONLY | O_CLOEXEC);
@@ -158,7 +161,7 @@ class LocalMediaStore final : public MediaStore {
                        : absl::DataLossError("file shrank while read");
         break;
       }
-      if (!sink(absl::string_view(buf.data(), static_cast<size_t>(n)))) break;
+      if (!sink(std::string_view(buf.data(), static_cast<size_t>(n)))) break;
       offset += n;
       length -= n;
     }
@@ -166,7 +169,7 @@ class LocalMediaStore final : public MediaStore {
     return status;
   }
 
-  absl::Status Remove(absl::string_view id) override {
+  absl::Status Remove(std::string_view id) override {
     if (!ValidMediaId(id)) return absl::InvalidArgumentError("bad media id");
     int64_t size = FileSize(DataPath(id));
     if (unlink(DataPath(id).c_str()) != 0 && errno != ENOENT) {
@@ -182,11 +185,11 @@ class LocalMediaStore final : public MediaStore {
   std::optional<int64_t> StoredBytes() const override { return bytes_.load(); }
 
  private:
-  std::string DataPath(absl::string_view id) const {
-    return absl::StrCat(dir_, "/", id);
+  std::string DataPath(std::string_view id) const {
+    return absl::StrCat(dir_, "/", Absl(id));
   }
-  std::string MetaPath(absl::string_view id) const {
-    return absl::StrCat(dir_, "/", id, kMetaSuffix);
+  std::string MetaPath(std::string_view id) const {
+    return absl::StrCat(dir_, "/", Absl(id), kMetaSuffix);
   }
   static int64_t FileSize(const std::string& path) {
     struct stat st;
@@ -200,7 +203,7 @@ class LocalMediaStore final : public MediaStore {
 
 }  // namespace
 
-bool ValidMediaId(absl::string_view id) {
+bool ValidMediaId(std::string_view id) {
   if (id.empty() || id.size() > 128) return false;
   for (char c : id) {
     if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '_' &&

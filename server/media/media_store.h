@@ -5,10 +5,10 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace videogen::media {
@@ -24,7 +24,7 @@ struct MediaObject {
 };
 
 // Receives bytes of a Read, in order. Returns false to stop early.
-using ByteSink = std::function<bool(absl::string_view chunk)>;
+using ByteSink = std::function<bool(std::string_view chunk)>;
 
 // Where mirrored videos live, keyed by generation id (`[A-Za-z0-9_-]`,
 // anything else is INVALID_ARGUMENT). Thread-safe; every call is
@@ -43,20 +43,20 @@ class MediaStore {
   // the object `id`, atomically: a reader sees the whole object or none.
   // The local store moves the file; the S3 store uploads it and leaves it
   // for the caller to delete. Replaces an existing object.
-  virtual absl::Status Put(absl::string_view id, const std::string& staged_path,
+  virtual absl::Status Put(std::string_view id, const std::string& staged_path,
                            const MediaObject& object) = 0;
 
   // The object's size, type and hash. NOT_FOUND when there is none.
-  virtual absl::StatusOr<MediaObject> Open(absl::string_view id) = 0;
+  virtual absl::StatusOr<MediaObject> Open(std::string_view id) = 0;
 
   // Streams bytes [offset, offset + length) of `id` to `sink` (the local
   // file, or an S3 GET with Range). OUT_OF_RANGE when the range does not
   // fit the object; NOT_FOUND when there is none.
-  virtual absl::Status Read(absl::string_view id, int64_t offset,
-                            int64_t length, const ByteSink& sink) = 0;
+  virtual absl::Status Read(std::string_view id, int64_t offset, int64_t length,
+                            const ByteSink& sink) = 0;
 
   // Deletes the object (retention). A missing object is OK.
-  virtual absl::Status Remove(absl::string_view id) = 0;
+  virtual absl::Status Remove(std::string_view id) = 0;
 
   // Bytes stored, for the media-store-size metric, when the store can tell
   // cheaply (local: counted at start and kept up to date; S3: nullopt).
@@ -95,6 +95,6 @@ absl::Status S3CredentialsFromEnv(S3Options& options);
 absl::StatusOr<std::unique_ptr<MediaStore>> NewS3MediaStore(S3Options options);
 
 // True for ids a media store accepts: 1-128 of [A-Za-z0-9_-].
-bool ValidMediaId(absl::string_view id);
+bool ValidMediaId(std::string_view id);
 
 }  // namespace videogen::media

@@ -69,7 +69,7 @@ size_t OnBody(char* data, size_t size, size_t n, void* p) {
   curl_easy_getinfo(call->curl, CURLINFO_RESPONSE_CODE, &status);
   if (status >= 200 && status < 300 && call->sink != nullptr) {
     call->received += static_cast<int64_t>(bytes.size());
-    if (!(*call->sink)(bytes)) {
+    if (!(*call->sink)(std::string_view(bytes.data(), bytes.size()))) {
       call->sink_stopped = true;
       return 0;
     }
@@ -114,7 +114,7 @@ class S3MediaStore final : public MediaStore {
     return options_.staging_dir;
   }
 
-  absl::Status Put(absl::string_view id, const std::string& staged_path,
+  absl::Status Put(std::string_view id, const std::string& staged_path,
                    const MediaObject& object) override {
     if (!ValidMediaId(id)) return absl::InvalidArgumentError("bad media id");
     std::string sha = object.sha256;
@@ -145,7 +145,7 @@ class S3MediaStore final : public MediaStore {
     return s;
   }
 
-  absl::StatusOr<MediaObject> Open(absl::string_view id) override {
+  absl::StatusOr<MediaObject> Open(std::string_view id) override {
     if (!ValidMediaId(id)) return absl::InvalidArgumentError("bad media id");
     Call call;
     call.method = "HEAD";
@@ -165,7 +165,7 @@ class S3MediaStore final : public MediaStore {
     return out;
   }
 
-  absl::Status Read(absl::string_view id, int64_t offset, int64_t length,
+  absl::Status Read(std::string_view id, int64_t offset, int64_t length,
                     const ByteSink& sink) override {
     if (!ValidMediaId(id)) return absl::InvalidArgumentError("bad media id");
     if (offset < 0 || length < 0) {
@@ -189,7 +189,7 @@ class S3MediaStore final : public MediaStore {
     return absl::OkStatus();
   }
 
-  absl::Status Remove(absl::string_view id) override {
+  absl::Status Remove(std::string_view id) override {
     if (!ValidMediaId(id)) return absl::InvalidArgumentError("bad media id");
     Call call;
     call.method = "DELETE";
@@ -202,8 +202,8 @@ class S3MediaStore final : public MediaStore {
   std::optional<int64_t> StoredBytes() const override { return std::nullopt; }
 
  private:
-  std::string Key(absl::string_view id) const {
-    return absl::StrCat(options_.prefix, id);
+  std::string Key(std::string_view id) const {
+    return options_.prefix + std::string(id);
   }
 
   absl::Status Perform(Call& call) {

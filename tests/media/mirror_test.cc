@@ -121,14 +121,14 @@ TEST_F(MirrorTest, CopiesTheBytesWithAnIndependentlyCheckedSha256) {
   std::string slice;
   ASSERT_TRUE(store_
                   ->Read("gen_1", 100, 70000,
-                         [&](absl::string_view b) {
+                         [&](std::string_view b) {
                            slice.append(b.data(), b.size());
                            return true;
                          })
                   .ok());
   EXPECT_EQ(slice, server_.body().substr(100, 70000));
   EXPECT_TRUE(absl::IsOutOfRange(store_->Read(
-      "gen_1", kSize - 10, 11, [](absl::string_view) { return true; })));
+      "gen_1", kSize - 10, 11, [](std::string_view) { return true; })));
 
   MirrorStats::Snapshot s = stats_.snapshot();
   EXPECT_EQ(s.bytes_mirrored, static_cast<int64_t>(kSize));
