@@ -11,7 +11,6 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/time/time.h"
 #include "server/store/store.h"
 #include "server/util/proto_time.h"
@@ -59,36 +58,35 @@ inline std::string RetryIn(absl::Duration d) {
 
 // What the admission checks found; the messages name the limit, the use and
 // when it frees up (design.md §7).
-inline absl::Status MaxConcurrentExceeded(std::string_view tenant,
+inline absl::Status MaxConcurrentExceeded(const std::string& tenant,
                                           int64_t limit, int64_t in_use) {
-  return absl::ResourceExhaustedError(absl::StrFormat(
-      "tenant \"%s\" is at max_concurrent=%d (%d generations not finished); "
-      "retry when one finishes",
-      tenant, limit, in_use));
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "tenant \"", tenant, "\" is at max_concurrent=", limit, " (", in_use,
+      " generations not finished); retry when one finishes"));
 }
 
 // `oldest` is the create_time of the oldest create still in the window.
-inline absl::Status CreatesPerMinuteExceeded(std::string_view tenant,
+inline absl::Status CreatesPerMinuteExceeded(const std::string& tenant,
                                              int64_t limit, int64_t count,
                                              absl::Time oldest,
                                              absl::Time now) {
-  return absl::ResourceExhaustedError(absl::StrFormat(
-      "tenant \"%s\" is at creates_per_minute=%d (%d created in the last "
-      "60s); retry in %s",
-      tenant, limit, count, RetryIn(oldest + absl::Seconds(60) - now)));
+  return absl::ResourceExhaustedError(
+      absl::StrCat("tenant \"", tenant, "\" is at creates_per_minute=", limit,
+                   " (", count, " created in the last 60s); retry in ",
+                   RetryIn(oldest + absl::Seconds(60) - now)));
 }
 
 // `oldest` is the create_time of the oldest generation counted.
-inline absl::Status BudgetExceeded(std::string_view tenant, int64_t budget,
+inline absl::Status BudgetExceeded(const std::string& tenant, int64_t budget,
                                    absl::Duration period, int64_t used,
                                    int64_t wanted, absl::Time oldest) {
-  return absl::ResourceExhaustedError(absl::StrFormat(
-      "tenant \"%s\" has used %d of video_seconds_budget=%d per %s and this "
-      "generation needs %d more; seconds free up when a generation fails, "
-      "or from %s as the oldest leave the period",
-      tenant, used, budget, absl::FormatDuration(period), wanted,
-      absl::FormatTime(absl::RFC3339_sec, oldest + period,
-                       absl::UTCTimeZone())));
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "tenant \"", tenant, "\" has used ", used,
+      " of video_seconds_budget=", budget, " per ",
+      absl::FormatDuration(period), " and this generation needs ", wanted,
+      " more; seconds free up when a generation fails, or from ",
+      absl::FormatTime(absl::RFC3339_sec, oldest + period, absl::UTCTimeZone()),
+      " as the oldest leave the period"));
 }
 
 // A copy of `g` without webhook_status, which is stored beside the record

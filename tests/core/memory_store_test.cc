@@ -1,10 +1,19 @@
+// MemoryStore specifics and its change feed (ChangePublisher). The full Store
+// contract runs in tests/store (the conformance suite, instantiated for
+// MemoryStore and SqliteStore); these cases cover what only the in-process
+// feed promises: delivery outside the store lock, re-entrant listeners, and
+// SetListener waiting for a running call.
 #include "server/store/memory_store.h"
 
-#include <set>
+#include <atomic>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -21,201 +30,163 @@ google::protobuf::Timestamp Ts(absl::Time t) {
   return ts;
 }
 
-Record Make(std::string id, absl::Time created,
-            v1::Generation::State state = v1::Generation::STATE_QUEUED,
+Record Make(std::string id, std::string tenant = "",
             std::string request_id = "") {
   Record r;
   r.generation.set_id(std::move(id));
-  r.generation.set_state(state);
-  r.generation.set_done(state == v1::Generation::STATE_COMPLETED ||
-                        state == v1::Generation::STATE_FAILED ||
-                        state == v1::Generation::STATE_CANCELLED);
+  r.generation.set_tenant(std::move(tenant));
+  r.generation.set_state(v1::Generation::STATE_QUEUED);
+  r.generation.set_revision(1);
   r.generation.mutable_request()->set_request_id(std::move(request_id));
-  *r.generation.mutable_create_time() = Ts(created);
-  *r.generation.mutable_update_time() = Ts(created);
-  r.deadline = created + absl::Minutes(30);
+  r.generation.mutable_request()->set_duration_seconds(5);
+  *r.generation.mutable_create_time() = Ts(kT0);
+  *r.generation.mutable_update_time() = Ts(kT0);
+  r.deadline = kT0 + absl::Minutes(30);
   return r;
 }
 
-std::vector<std::string> Ids(const ListPage& page) {
-  std::vector<std::string> ids;
-  for (const auto& g : page.generations) ids.push_back(g.id());
-  return ids;
+// The next version of `r` with a new revision.
+Record Next(Record r) {
+  ++r.version;
+  r.generation.set_revision(r.generation.revision() + 1);
+  return r;
 }
 
-TEST(MemoryStoreTest, PutGetReplaceDelete) {
+TEST(MemoryStoreTest, InsertGetUpdateDelete) {
   MemoryStore s;
-  auto missing = s.Get("a");
-  ASSERT_TRUE(missing.ok());
-  EXPECT_FALSE(missing->has_value());
-  ASSERT_TRUE(s.Put(Make("a", kT0)).ok());
-  Record r = Make("a", kT0);
-  r.generation.set_revision(7);
-  r.deadline = kT0 + absl::Minutes(1);
-  ASSERT_TRUE(s.Put(r).ok());
-  auto got = s.Get("a");
-  ASSERT_TRUE(got.ok() && got->has_value());
-  EXPECT_EQ((*got)->generation.revision(), 7);
-  EXPECT_EQ((*got)->deadline, kT0 + absl::Minutes(1));
+  EXPECT_EQ(s.Insert(Record{}, Admission{}, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(s.Insert(Make("a", "t", "r1"), Admission{}, nullptr).ok());
   EXPECT_EQ(s.size(), 1u);
-  ASSERT_TRUE(s.Delete("a").ok());
-  ASSERT_TRUE(s.Delete("a").ok());  // missing is fine
-  EXPECT_FALSE(s.Get("a")->has_value());
-  EXPECT_TRUE(s.Put(Record{}).code() == absl::StatusCode::kInvalidArgument);
+  Record a = *s.Get("a").value();
+  EXPECT_EQ(a.version, 1);
+  ASSERT_TRUE(s.Update(Next(a), {}).ok());
+  EXPECT_EQ(s.Update(Next(a), {}).code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(s.Get("a").value()->generation.revision(), 2);
+  EXPECT_EQ(s.GetByRequestId("t", "r1").value()->generation.id(), "a");
+  EXPECT_EQ(s.Delete("a", 1).code(), absl::StatusCode::kAborted);
+  ASSERT_TRUE(s.Delete("a", 2).ok());
+  EXPECT_EQ(s.size(), 0u);
+  EXPECT_FALSE(s.GetByRequestId("t", "r1").value().has_value());
 }
 
-TEST(MemoryStoreTest, RequestIdIsUnique) {
+// The listener runs outside the store lock: it may read and write the store,
+// even Update another generation, whose change then follows in order.
+TEST(MemoryStoreTest, ListenerMayUpdateTheStore) {
   MemoryStore s;
-  ASSERT_TRUE(s.Put(Make("a", kT0, v1::Generation::STATE_QUEUED, "r1")).ok());
-  // Same record again is fine (an update).
-  ASSERT_TRUE(s.Put(Make("a", kT0, v1::Generation::STATE_QUEUED, "r1")).ok());
-  EXPECT_EQ(s.Put(Make("b", kT0, v1::Generation::STATE_QUEUED, "r1")).code(),
-            absl::StatusCode::kAlreadyExists);
-  EXPECT_FALSE(s.Get("b")->has_value());
-  auto by = s.GetByRequestId("r1");
-  ASSERT_TRUE(by.ok() && by->has_value());
-  EXPECT_EQ((*by)->generation.id(), "a");
-  // Empty request_ids never collide.
-  ASSERT_TRUE(s.Put(Make("c", kT0)).ok());
-  ASSERT_TRUE(s.Put(Make("d", kT0)).ok());
-  EXPECT_FALSE(s.GetByRequestId("")->has_value());
-  // Deleting frees the request_id.
-  ASSERT_TRUE(s.Delete("a").ok());
-  EXPECT_FALSE(s.GetByRequestId("r1")->has_value());
-  EXPECT_TRUE(s.Put(Make("b", kT0, v1::Generation::STATE_QUEUED, "r1")).ok());
-}
-
-TEST(MemoryStoreTest, LoadActiveSkipsTerminal) {
-  MemoryStore s;
-  ASSERT_TRUE(s.Put(Make("q", kT0, v1::Generation::STATE_QUEUED)).ok());
-  ASSERT_TRUE(s.Put(Make("g", kT0, v1::Generation::STATE_GENERATING)).ok());
-  ASSERT_TRUE(s.Put(Make("c", kT0, v1::Generation::STATE_COMPLETED)).ok());
-  ASSERT_TRUE(s.Put(Make("x", kT0, v1::Generation::STATE_CANCELLED)).ok());
-  auto active = s.LoadActive();
-  ASSERT_TRUE(active.ok());
-  std::set<std::string> ids;
-  for (const Record& r : *active) ids.insert(r.generation.id());
-  EXPECT_EQ(ids, (std::set<std::string>{"g", "q"}));
-}
-
-TEST(MemoryStoreTest, ListIsNewestFirstWithIdTieBreak) {
-  MemoryStore s;
-  ASSERT_TRUE(s.Put(Make("a", kT0)).ok());
-  ASSERT_TRUE(s.Put(Make("b", kT0 + absl::Seconds(2))).ok());
-  ASSERT_TRUE(s.Put(Make("c", kT0 + absl::Seconds(1))).ok());
-  ASSERT_TRUE(s.Put(Make("d", kT0 + absl::Seconds(1))).ok());
-  ListQuery q;
-  auto page = s.List(q);
-  ASSERT_TRUE(page.ok());
-  EXPECT_THAT(Ids(*page), ElementsAre("b", "d", "c", "a"));
-  EXPECT_FALSE(page->next.has_value());
-}
-
-TEST(MemoryStoreTest, ListPagesWithCursorsWithoutGapsOrRepeats) {
-  MemoryStore s;
-  std::vector<std::string> expected;
-  for (int i = 0; i < 23; ++i) {
-    // Pairs share a create_time to exercise the id tie-break.
-    const std::string id = "id" + std::to_string(100 + i);
-    ASSERT_TRUE(s.Put(Make(id, kT0 + absl::Seconds(i / 2))).ok());
-  }
-  ListQuery q;
-  q.page_size = 5;
+  ASSERT_TRUE(s.Insert(Make("other"), Admission{}, nullptr).ok());
+  absl::Mutex mu;
   std::vector<std::string> seen;
-  int pages = 0;
-  while (true) {
-    auto page = s.List(q);
-    ASSERT_TRUE(page.ok());
-    ++pages;
-    for (const auto& id : Ids(*page)) seen.push_back(id);
-    if (!page->next.has_value()) break;
-    EXPECT_EQ(page->generations.size(), 5u);
-    q.after = page->next;
-    ASSERT_LT(pages, 10);
-  }
-  EXPECT_EQ(pages, 5);
-  ASSERT_EQ(seen.size(), 23u);
-  EXPECT_EQ(std::set<std::string>(seen.begin(), seen.end()).size(), 23u);
-  EXPECT_EQ(seen.front(), "id122");
-  EXPECT_EQ(seen.back(), "id100");
-  // An exact multiple of the page size ends without an empty page.
-  MemoryStore t;
-  for (int i = 0; i < 4; ++i) {
-    ASSERT_TRUE(t.Put(Make("t" + std::to_string(i), kT0)).ok());
-  }
-  ListQuery two;
-  two.page_size = 2;
-  auto p1 = t.List(two);
-  ASSERT_TRUE(p1.ok() && p1->next.has_value());
-  two.after = p1->next;
-  auto p2 = t.List(two);
-  ASSERT_TRUE(p2.ok());
-  EXPECT_THAT(Ids(*p2), ElementsAre("t1", "t0"));
-  EXPECT_FALSE(p2->next.has_value());
+  s.feed()->SetListener([&](const Change& c) {
+    {
+      absl::MutexLock lock(&mu);
+      seen.push_back(absl::StrCat(c.id, "@", c.revision));
+    }
+    if (c.id == "a" && c.revision == 1) {
+      Record other = *s.Get("other").value();
+      EXPECT_TRUE(s.Update(Next(other), {}).ok());
+    }
+  });
+  ASSERT_TRUE(s.Insert(Make("a"), Admission{}, nullptr).ok());
+  // Delivered by the inserting thread before Insert returned: the nested
+  // change was queued and delivered after the outer call, not inside it.
+  absl::MutexLock lock(&mu);
+  EXPECT_THAT(seen, ElementsAre("a@1", "other@2"));
 }
 
-TEST(MemoryStoreTest, ListFiltersByStatesAndLabels) {
+TEST(MemoryStoreTest, ListenerMayReplaceItself) {
   MemoryStore s;
-  Record a = Make("a", kT0, v1::Generation::STATE_QUEUED);
-  (*a.generation.mutable_labels())["team"] = "x";
-  (*a.generation.mutable_labels())["env"] = "prod";
-  Record b = Make("b", kT0, v1::Generation::STATE_COMPLETED);
-  (*b.generation.mutable_labels())["team"] = "x";
-  Record c = Make("c", kT0, v1::Generation::STATE_FAILED);
-  (*c.generation.mutable_labels())["team"] = "y";
-  for (const Record& r : {a, b, c}) ASSERT_TRUE(s.Put(r).ok());
-
-  ListQuery q;
-  q.labels["team"] = "x";
-  EXPECT_THAT(Ids(*s.List(q)), ElementsAre("b", "a"));
-  q.labels["env"] = "prod";
-  EXPECT_THAT(Ids(*s.List(q)), ElementsAre("a"));
-  ListQuery st;
-  st.states = {v1::Generation::STATE_COMPLETED, v1::Generation::STATE_FAILED};
-  EXPECT_THAT(Ids(*s.List(st)), ElementsAre("c", "b"));
-  st.labels["team"] = "y";
-  EXPECT_THAT(Ids(*s.List(st)), ElementsAre("c"));
-  ListQuery bad;
-  bad.page_size = 0;
-  EXPECT_EQ(s.List(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  std::atomic<int> first{0}, second{0};
+  s.feed()->SetListener([&](const Change&) {
+    ++first;
+    s.feed()->SetListener([&](const Change&) { ++second; });
+  });
+  ASSERT_TRUE(s.Insert(Make("a"), Admission{}, nullptr).ok());
+  ASSERT_TRUE(s.Insert(Make("b"), Admission{}, nullptr).ok());
+  EXPECT_EQ(first.load(), 1);
+  EXPECT_EQ(second.load(), 1);
+  s.feed()->SetListener(nullptr);
+  ASSERT_TRUE(s.Insert(Make("c"), Admission{}, nullptr).ok());
+  EXPECT_EQ(second.load(), 1) << "nullptr stops delivery";
 }
 
-TEST(MemoryStoreTest, PurgeTerminalBefore) {
+// While one thread delivers, writers on other threads are not blocked on
+// the listener: they queue their change and return. The blocked delivery
+// then hands everything over in commit order.
+TEST(MemoryStoreTest, WritersDoNotWaitForASlowListener) {
   MemoryStore s;
-  ASSERT_TRUE(
-      s.Put(Make("old-done", kT0, v1::Generation::STATE_COMPLETED, "r1")).ok());
-  ASSERT_TRUE(s.Put(Make("old-active", kT0)).ok());
-  ASSERT_TRUE(s.Put(Make("new-done", kT0 + absl::Hours(2),
-                         v1::Generation::STATE_FAILED))
-                  .ok());
-  auto purged = s.PurgeTerminalBefore(kT0 + absl::Hours(1));
-  ASSERT_TRUE(purged.ok());
-  EXPECT_EQ(*purged, 1);
-  EXPECT_FALSE(s.Get("old-done")->has_value());
-  EXPECT_TRUE(s.Get("old-active")->has_value());
-  EXPECT_TRUE(s.Get("new-done")->has_value());
-  EXPECT_FALSE(s.GetByRequestId("r1")->has_value());
+  absl::Notification in_listener, release;
+  absl::Mutex mu;
+  std::vector<std::string> seen;
+  s.feed()->SetListener([&](const Change& c) {
+    if (c.id == "slow") {
+      in_listener.Notify();
+      release.WaitForNotificationWithTimeout(absl::Seconds(10));
+    }
+    absl::MutexLock lock(&mu);
+    seen.push_back(c.id);
+  });
+  std::thread slow(
+      [&] { EXPECT_TRUE(s.Insert(Make("slow"), Admission{}, nullptr).ok()); });
+  ASSERT_TRUE(in_listener.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  for (int i = 0; i < 5; ++i) {  // returns although the listener is stuck
+    ASSERT_TRUE(
+        s.Insert(Make(absl::StrCat("fast", i)), Admission{}, nullptr).ok());
+  }
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_TRUE(seen.empty());
+  }
+  release.Notify();
+  slow.join();
+  absl::MutexLock lock(&mu);
+  EXPECT_THAT(seen,
+              ElementsAre("slow", "fast0", "fast1", "fast2", "fast3", "fast4"));
+  s.feed()->SetListener(nullptr);
+}
+
+TEST(MemoryStoreTest, ChangesCarryTheMergedGeneration) {
+  MemoryStore s;
+  ASSERT_TRUE(s.Insert(Make("a", "acme"), Admission{}, nullptr).ok());
+  v1::WebhookStatus ws;
+  ws.set_attempts(2);
+  ASSERT_TRUE(s.SetWebhookStatus("a", ws).ok());
+  std::vector<Change> changes;
+  s.feed()->SetListener([&](const Change& c) { changes.push_back(c); });
+  Record a = Next(*s.Get("a").value());
+  a.generation.clear_webhook_status();
+  a.generation.set_upstream_status("generating");
+  ASSERT_TRUE(s.Update(a, {}).ok());
+  s.feed()->SetListener(nullptr);
+  ASSERT_EQ(changes.size(), 1u);
+  ASSERT_NE(changes[0].generation, nullptr);
+  EXPECT_EQ(changes[0].tenant, "acme");
+  EXPECT_EQ(changes[0].generation->upstream_status(), "generating");
+  EXPECT_EQ(changes[0].generation->webhook_status().attempts(), 2);
 }
 
 TEST(MemoryStoreTest, ConcurrentWritersAndReaders) {
   MemoryStore s;
+  std::atomic<int> announced{0};
+  s.feed()->SetListener([&](const Change&) { ++announced; });
   std::vector<std::thread> threads;
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&s, t] {
       for (int i = 0; i < 100; ++i) {
-        const std::string id = std::to_string(t) + "-" + std::to_string(i);
-        EXPECT_TRUE(s.Put(Make(id, kT0 + absl::Seconds(i),
-                               v1::Generation::STATE_QUEUED, "r" + id))
-                        .ok());
+        const std::string id = absl::StrCat(t, "-", i);
+        EXPECT_TRUE(
+            s.Insert(Make(id, "t", "r" + id), Admission{}, nullptr).ok());
         if (i % 10 == 0) {
           EXPECT_TRUE(s.List(ListQuery{}).ok());
         }
-        EXPECT_TRUE(s.GetByRequestId("r" + id)->has_value());
+        EXPECT_TRUE(s.GetByRequestId("t", "r" + id)->has_value());
       }
     });
   }
   for (auto& th : threads) th.join();
+  s.feed()->SetListener(nullptr);
   EXPECT_EQ(s.size(), 800u);
+  EXPECT_EQ(announced.load(), 800);
 }
 
 }  // namespace
