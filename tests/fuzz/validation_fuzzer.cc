@@ -2,6 +2,7 @@
 // text format, one `field=value` per line, so seeds are readable and
 // libFuzzer's mutations reach the validator instead of a decoder:
 //   prompt=A cat\non a sofa          (values are C-unescaped when possible)
+//   prompt*2501=x                    (`key*N=v`: v repeated N times)
 //   model=klingai/v2-master-text-to-video
 //   duration_seconds=5   cfg_scale=0.5   label.team=video
 //   allow=model-a                    (replaces the default model list)
@@ -13,6 +14,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -52,7 +54,18 @@ Input Decode(absl::string_view text) {
         absl::StrSplit(line, absl::MaxSplits('=', 1));
     std::string value;
     if (!absl::CUnescape(kv.second, &value)) value = std::string(kv.second);
-    const absl::string_view key = kv.first;
+    absl::string_view key = kv.first;
+    // `key*N=v` repeats v N times (up to 8 KiB): long values, short seeds.
+    if (size_t star = key.find('*'); star != absl::string_view::npos) {
+      int64_t n = 0;
+      if (absl::SimpleAtoi(key.substr(star + 1), &n) && n > 1 &&
+          !value.empty()) {
+        std::string repeated;
+        while (repeated.size() < 8192 && n-- > 0) repeated += value;
+        value = std::move(repeated);
+      }
+      key = key.substr(0, star);
+    }
     auto& r = in.request;
     if (key == "request_id") {
       r.set_request_id(value);
@@ -60,8 +73,6 @@ Input Decode(absl::string_view text) {
       r.set_model(value);
     } else if (key == "prompt") {
       r.set_prompt(value);
-    } else if (key == "prompt_repeat") {  // long prompts without long seeds
-      r.set_prompt(std::string(LooseInt(value) & 0xfff, 'x') + r.prompt());
     } else if (key == "negative_prompt") {
       r.set_negative_prompt(value);
     } else if (key == "aspect_ratio") {
