@@ -405,9 +405,10 @@ TEST_F(TrackerTest, AmbiguousSubmitIsNeverResentAndIsFoundInTheUsageLog) {
   EXPECT_EQ(r.generation.upstream_status(), "submit_confirmed");
   EXPECT_EQ(r.generation.usage().credits_used(), 210);
   EXPECT_EQ(r.submit, store::SubmitPhase::kDone);
-  // Polled with the adopted id from here on.
-  upstream_.PushPoll(Completed());
-  Step(absl::Seconds(1));
+  // Polled with the adopted id from here on (that poll is in flight now).
+  ASSERT_EQ(upstream_.pending_poll_count(), 1);
+  upstream_.ResolvePolls(Completed());
+  Drive();
   ASSERT_GE(upstream_.poll_count(), 1);
   EXPECT_EQ(upstream_.polls().back().upstream_id, "up-found");
   EXPECT_TRUE(Stored(g->id()).generation.done());
@@ -756,6 +757,7 @@ TEST_F(TrackerTest, FirehoseFiltersByTenantStateAndLabelAndHidesSubmitsInFlight)
   EXPECT_EQ(all->size(), 0u);  // revision 0 is invisible
   upstream_.ResolveSubmits(upstream::SubmitResult{"up-a", "queued"});
   Drive();
+  upstream_.set_submit_result(upstream::SubmitResult{"up-b", "queued"});
   MustCreate(Request(), "b");
   upstream_.PushPoll(Snap(TaskState::kGenerating, "generating"));
   upstream_.PushPoll(Snap(TaskState::kGenerating, "generating"));
