@@ -119,9 +119,14 @@ DROP TABLE generation_labels_v1;
 DROP TABLE generations_v1;
 CREATE INDEX generations_by_create
   ON generations (create_time_ns DESC, id DESC);
--- Tenant-scoped lists, and the quota windows (creates per minute, budget).
+-- Tenant-scoped lists.
 CREATE INDEX generations_by_tenant
   ON generations (tenant, create_time_ns DESC, id DESC);
+-- The quota windows (creates per minute, seconds budget), answered from
+-- the index alone: the budget sums every generation in its period on each
+-- insert.
+CREATE INDEX generations_quota
+  ON generations (tenant, create_time_ns, state, duration_seconds);
 -- Partial indexes stay small as terminal rows pile up: the active rows in
 -- claim order, per tenant (max_concurrent) and per lease holder (renewal);
 -- the terminal rows by age, for the retention purge.
