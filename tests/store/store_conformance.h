@@ -56,6 +56,14 @@
 //    dropped or purged meanwhile). ClaimDeliveries returns lowest seq first.
 //  - InsertKey: ALREADY_EXISTS when key_id or key_hash is taken.
 //    FindKeyByHash returns revoked keys too (with `revoked` set).
+//  - The feed announces each committed revision rise (and each Insert with
+//    revision > 0) with `tenant` set; `generation`, when set, is the
+//    committed one. Nothing for refused writes, revision-0 inserts, or
+//    writes that keep the revision. Per generation, revisions never go
+//    back (repeats are allowed). The listener may call into the store
+//    (Get, SetWebhookStatus) and sees at least the announced revision.
+//  - OutboxStats on an empty outbox: count 0 (the time is InfinitePast in
+//    the in-process stores; not checked).
 //  - Samples: a store keeps the newest kSamplesKept (500) samples per
 //    (model, duration_seconds) and drops older ones, so the table stays
 //    bounded; RecentSamples orders by `completed`, newest first.
