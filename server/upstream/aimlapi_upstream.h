@@ -83,15 +83,19 @@ struct UpstreamCounters {
 // `max_in_flight` slots; then `ready` gets a SubmitGate that holds the slot.
 // Send() (any thread) queues the POST and wakes the loop; Abandon(), or
 // dropping the last reference to the gate undecided, frees the slot and
-// answers ABORTED. A null `ready` sends at once. The POST leaves at most
-// once: it is retried (without a new gate) only after a connect or DNS
-// failure, a fresh connection whose TCP/TLS handshake never finished, or a
-// 429. Every submit uses a fresh connection, because libcurl silently
-// resends a request whose reused keep-alive connection died before any
-// answer byte (lib/transfer.c Curl_retry_request; no opt-out before curl
-// 8.16), and that could create a second job. Everything that may have
-// reached the upstream answers UNKNOWN (see ClassifySubmitError), also a
-// POST in flight when the client is destroyed.
+// answers ABORTED. An undecided gate keeps its slot, so decide promptly;
+// `ready` itself runs on the loop thread and must not block (record the
+// intent elsewhere, then call Send from there). A null `ready` sends at
+// once.
+// The POST leaves at most once: it is retried (without a new gate) only
+// after a connect or DNS failure, a fresh connection whose TCP/TLS
+// handshake never finished, or a 429. Every submit uses a fresh connection,
+// because libcurl silently resends a request whose reused keep-alive
+// connection died before any answer byte (lib/transfer.c
+// Curl_retry_request; no opt-out before curl 8.16), and that could create a
+// second job. Everything that may have reached the upstream answers UNKNOWN
+// (see ClassifySubmitError), also a POST in flight when the client is
+// destroyed.
 //
 // Connections: HTTP/2 multiplexing when the upstream offers it (https), else
 // HTTP/1.1 keep-alive; transfers beyond max_connections wait inside curl and

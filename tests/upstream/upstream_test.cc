@@ -1078,6 +1078,55 @@ TEST_F(FaultTest, ConnectRefusedIsRetriedAndTheOneRequestThenSucceeds) {
   EXPECT_EQ(up.counters().attempts["submit 2xx"], 1);
 }
 
+// A listener that never accepts, with its accept queue full: the kernel
+// drops further SYNs, so a connect hangs until curl's connect timeout.
+class FullBacklog {
+ public:
+  FullBacklog() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    EXPECT_EQ(listen(fd_, 0), 0);
+    socklen_t len = sizeof addr;
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    for (int i = 0; i < 4; ++i) {
+      const int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+      connect(c, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+      fillers_.push_back(c);
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ~FullBacklog() {
+    for (int c : fillers_) close(c);
+    close(fd_);
+  }
+  std::string url() const { return absl::StrCat("http://127.0.0.1:", port_); }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+  std::vector<int> fillers_;
+};
+
+TEST_F(FaultTest, ConnectTimeoutNeverSentIsRetriedThenUnavailable) {
+  FullBacklog blackhole;
+  AimlApiOptions o = BaseOptions(blackhole.url());
+  o.connect_timeout = absl::Milliseconds(200);
+  o.max_attempts = 2;
+  AimlApiUpstream& up = Up(o);
+  int readies = 0;
+  absl::StatusOr<SubmitResult> s = SubmitSync(up, Request(), &readies);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kUnavailable) << s.status();
+  EXPECT_THAT(s.status().message(), HasSubstr("nothing was sent"));
+  EXPECT_EQ(ClassifySubmitError(s.status()), SubmitOutcome::kNotCreated);
+  EXPECT_EQ(readies, 1);
+  EXPECT_EQ(up.counters().retries, 1);
+  EXPECT_EQ(up.counters().attempts["submit transport"], 2);
+}
+
 TEST_F(FaultTest, Submit429IsRetriedThenSucceeds) {
   ScriptedServer server([](const ScriptedServer::Request&, int i) {
     return i == 0 ? Answer(429, R"({"message":"Too many requests"})")
