@@ -64,6 +64,18 @@ std::vector<pg::Statement> Statements() {
   // Record fields as $2..$16, in this order (see AddRecordFields).
   const std::string notify = absl::StrCat("pg_notify('", pg::kChangeChannel,
                                           "', id || ':' || revision)::text");
+  // The history row of a revision-raising write (the feed delivers from
+  // it); created_ns is the write's update_time. A revision seen before
+  // (only if a caller lowered it and raised it again) is overwritten.
+  auto record_revision = [](const char* rows) {
+    return absl::StrCat(
+        " h AS (INSERT INTO generation_revisions (id, revision, created_ns,"
+        " body) SELECT id, revision, $9::bigint, body FROM ",
+        rows,
+        " ON CONFLICT (id, revision) DO UPDATE SET body = excluded.body,"
+        " created_ns = excluded.created_ns,"
+        " change_seq = videogen_next_change())");
+  };
   std::vector<pg::Statement> s(kNumStmts);
   s[kInsert] = {
       "insert",
@@ -74,8 +86,9 @@ std::vector<pg::Statement> Statements() {
           " labels, body, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
           " $10, $11, $12, $13, $14, $15::jsonb, $16, 1)"
           " ON CONFLICT (tenant, request_id) DO NOTHING RETURNING id,"
-          " revision) SELECT id, CASE WHEN revision > 0 THEN ",
-          notify, " END FROM i")};
+          " revision, body),",
+          record_revision("i WHERE revision > 0"),
+          " SELECT id, CASE WHEN revision > 0 THEN ", notify, " END FROM i")};
   // Compare-and-set: the row must hold version $17 - 1. The revision test
   // decides whether this write is a change to announce.
   s[kUpdate] = {
@@ -91,11 +104,15 @@ std::vector<pg::Statement> Statements() {
           // does not bump the version) is not shortened by its older copy.
           " lease_until_ns = CASE WHEN g.owner = $13 THEN"
           " greatest(g.lease_until_ns, $14::bigint) ELSE $14::bigint END,"
-          " labels = $15::jsonb, body = $16,"
-          " version = $17, change_seq = CASE WHEN $6::bigint > old.revision"
-          " THEN videogen_next_change() ELSE g.change_seq END"
-          " FROM old WHERE g.id = old.id"
-          " RETURNING g.id, g.revision, old.revision AS old_revision)"
+          " labels = $15::jsonb, body = $16, version = $17"
+          " FROM old WHERE g.id = old.id RETURNING g.id, g.revision, g.body,"
+          " old.revision AS old_revision),",
+          record_revision("u WHERE revision > old_revision"), ",",
+          // Superseded revisions past the retention go (the statement's
+          // snapshot does not see the one just recorded).
+          " p AS (DELETE FROM generation_revisions AS r USING u"
+          " WHERE r.id = u.id AND u.revision > u.old_revision"
+          " AND r.revision < u.revision AND r.created_ns < $18::bigint)"
           " SELECT old_revision, CASE WHEN revision > old_revision THEN ",
           notify, " END FROM u")};
   s[kVersionOf] = {"version_of",
@@ -346,12 +363,18 @@ absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(
   connect.url = database_url;
   connect.application_name = options.application_name;
   connect.connect_timeout = options.connect_timeout;
+  int64_t change_head = 0;
   {
     // Migrate on a connection of its own, before any pooled one prepares
     // statements against the tables.
     absl::StatusOr<pg::ConnPtr> conn = pg::Connect(connect);
     if (!conn.ok()) return conn.status();
     if (absl::Status s = pg::Migrate(conn->get()); !s.ok()) return s;
+    // The feed delivers every change committed from here on, however late
+    // its listener is set.
+    absl::StatusOr<int64_t> head = pg::ChangeHead(conn->get());
+    if (!head.ok()) return head.status();
+    change_head = *head;
   }
   std::vector<std::string> setup = {
       absl::StrCat("SET statement_timeout = '", Ms(options.statement_timeout),
@@ -362,15 +385,16 @@ absl::StatusOr<std::unique_ptr<PostgresStore>> PostgresStore::Open(
           "SET idle_in_transaction_session_timeout = '",
           Ms(std::max(absl::Seconds(60), options.statement_timeout * 2)), "'"),
   };
-  std::unique_ptr<PostgresStore> store(
-      new PostgresStore(options, std::move(connect), std::move(setup)));
+  std::unique_ptr<PostgresStore> store(new PostgresStore(
+      options, std::move(connect), std::move(setup), change_head));
   if (absl::Status s = store->CheckIntegrity(); !s.ok()) return s;
   return store;
 }
 
 PostgresStore::PostgresStore(const PostgresOptions& options,
                              pg::ConnectParams connect,
-                             std::vector<std::string> setup)
+                             std::vector<std::string> setup,
+                             int64_t change_head)
     : options_(options),
       pool_(connect, options.pool_size, Statements(), std::move(setup)),
       feed_([&] {
@@ -382,6 +406,7 @@ PostgresStore::PostgresStore(const PostgresOptions& options,
         f.reconnect_max = options.feed_reconnect_max;
         f.query_timeout = options.statement_timeout;
         f.on_error = options.on_feed_error;
+        f.start_after = change_head;
         return f;
       }()) {}
 
@@ -540,6 +565,9 @@ absl::StatusOr<bool> PostgresStore::UpdateLocked(pg::Connection& conn,
   p.Text(g.id());
   if (absl::Status s = AddRecordFields(record, p); !s.ok()) return s;
   p.Int(record.version);
+  p.Int(absl::ToUnixNanos(
+      internal::UpdateTime(record.generation) -
+      std::max(options_.revision_retention, absl::ZeroDuration())));
   absl::StatusOr<pg::Result> r =
       conn.Run(kUpdate, p, absl::StrCat("updating generation ", g.id()));
   if (!r.ok()) return r.status();

@@ -33,6 +33,10 @@ struct PostgresOptions {
   // Called on the feed thread when its connection fails (it reconnects by
   // itself); for logging. The status never holds the URL.
   std::function<void(const absl::Status&)> on_feed_error;
+  // How long superseded revisions stay in the history the change feed
+  // reads; a feed cut off for longer than this catches up with the latest
+  // revision of each generation but may skip intermediate ones.
+  absl::Duration revision_retention = absl::Minutes(15);
   // Estimator samples kept per (model, duration_seconds).
   int samples_per_key = 500;
 };
@@ -49,8 +53,9 @@ struct PostgresOptions {
 // - Update is compare-and-set on `version`; ClaimActive bumps it, which
 //   fences a replica that lost its lease. Claims use FOR UPDATE SKIP LOCKED.
 // - Every revision-raising write (Insert, and Update when the revision goes
-//   up) sends NOTIFY "ID:REVISION" in its transaction and stamps the row's
-//   change_seq; feed() is a pg::PgChangeFeed.
+//   up) records the revision in generation_revisions and sends NOTIFY
+//   "ID:REVISION" in its transaction; feed() is a pg::PgChangeFeed that
+//   delivers every revision from that history.
 //
 // Thread-safe: any thread may call; each call holds one pooled connection
 // for its duration (blocking libpq calls, bounded by statement_timeout and
@@ -115,7 +120,7 @@ class PostgresStore final : public Store {
 
  private:
   PostgresStore(const PostgresOptions& options, pg::ConnectParams connect,
-                std::vector<std::string> setup);
+                std::vector<std::string> setup, int64_t change_head);
 
   // Runs `fn(connection)` on a pooled connection. Reads pass
   // `retry_if_lost`: a connection that turns out dead (the server restarted

@@ -29,6 +29,18 @@
 #include "server/store/pg/schema.h"
 #include "tests/pgstore/postgres_test_db.h"
 
+// Status-printing assertions (absl::Status has operator<<).
+#define VG_ASSERT_OK(expr)                    \
+  do {                                        \
+    const absl::Status vg_status = (expr);    \
+    ASSERT_TRUE(vg_status.ok()) << vg_status; \
+  } while (0)
+#define VG_EXPECT_OK(expr)                    \
+  do {                                        \
+    const absl::Status vg_status = (expr);    \
+    EXPECT_TRUE(vg_status.ok()) << vg_status; \
+  } while (0)
+
 namespace videogen::store {
 namespace {
 
@@ -115,6 +127,14 @@ class Recorder {
     }
     return out;
   }
+  // Every revision delivered for `id`, in delivery order.
+  std::vector<int64_t> Revisions(const std::string& id) const {
+    std::vector<int64_t> out;
+    for (const Change& c : changes()) {
+      if (c.id == id) out.push_back(c.revision);
+    }
+    return out;
+  }
   bool Has(const std::string& id, int64_t revision) const {
     auto latest = Latest();
     auto it = latest.find(id);
@@ -148,7 +168,7 @@ void Bump(Store* store, const std::string& id) {
   r.generation.set_revision(r.generation.revision() + 1);
   r.generation.set_upstream_status(absl::StrCat("r", r.generation.revision()));
   ++r.version;
-  ASSERT_TRUE(store->Update(r, {}).ok());
+  VG_ASSERT_OK(store->Update(r, {}));
 }
 
 class PostgresStoreTest : public ::testing::Test {
@@ -207,8 +227,8 @@ TEST_F(PostgresStoreTest, MigrationsRunConcurrentlyFromSeveralProcesses) {
   // And the schema works.
   auto store = OpenOrDie(db_->url(), Options("after"));
   ASSERT_NE(store, nullptr);
-  EXPECT_TRUE(store->Insert(MakeRecord("g1"), {}, nullptr).ok());
-  EXPECT_TRUE(store->CheckIntegrity().ok());
+  VG_EXPECT_OK(store->Insert(MakeRecord("g1"), {}, nullptr));
+  VG_EXPECT_OK(store->CheckIntegrity());
 }
 
 TEST_F(PostgresStoreTest, RefusesANewerSchemaAndAMissingMigration) {
@@ -228,7 +248,7 @@ TEST_F(PostgresStoreTest, RefusesANewerSchemaAndAMissingMigration) {
 TEST_F(PostgresStoreTest, CheckIntegrityNoticesASchemaChangedUnderIt) {
   auto store = OpenOrDie(db_->url(), Options("a"));
   ASSERT_NE(store, nullptr);
-  EXPECT_TRUE(store->CheckIntegrity().ok());
+  VG_EXPECT_OK(store->CheckIntegrity());
   db_->Query("DELETE FROM videogen_schema_migrations");
   EXPECT_EQ(store->CheckIntegrity().code(),
             absl::StatusCode::kFailedPrecondition);
@@ -254,10 +274,9 @@ TEST_F(PostgresStoreTest, LeaseClaimRenewExpiryAndFencingAcrossStores) {
   std::vector<std::string> ids;
   for (int i = 0; i < 6; ++i) {
     ids.push_back(absl::StrCat("g", i));
-    ASSERT_TRUE(
+    VG_ASSERT_OK(
         a->Insert(MakeRecord(ids.back(), "t", "", kBase + absl::Seconds(i)), {},
-                  nullptr)
-            .ok());
+                  nullptr));
   }
   const absl::Time t0 = kBase + absl::Minutes(1);
   absl::StatusOr<std::vector<Record>> claimed_a =
@@ -302,7 +321,7 @@ TEST_F(PostgresStoreTest, LeaseClaimRenewExpiryAndFencingAcrossStores) {
   Record fresh = (*claimed_b)[0];
   fresh.generation.set_revision(2);
   ++fresh.version;
-  EXPECT_TRUE(b->Update(fresh, {}).ok());
+  VG_EXPECT_OK(b->Update(fresh, {}));
   absl::StatusOr<std::optional<Record>> got = a->Get(fresh.generation.id());
   ASSERT_TRUE(got.ok() && got->has_value());
   EXPECT_EQ((*got)->owner, "replica-b");
@@ -321,7 +340,7 @@ TEST_F(PostgresStoreTest, ConcurrentClaimsFromTwoStoresAreDisjoint) {
   std::vector<std::string> all;
   for (int i = 0; i < kRecords; ++i) {
     all.push_back(absl::StrCat("g", 1000 + i));
-    ASSERT_TRUE(a->Insert(MakeRecord(all.back()), {}, nullptr).ok());
+    VG_ASSERT_OK(a->Insert(MakeRecord(all.back()), {}, nullptr));
   }
   // Twelve claims of ten at once, from two pools: SKIP LOCKED hands each
   // a different ten, and a lease taken meanwhile is re-checked, not stolen.
@@ -436,8 +455,7 @@ TEST_F(PostgresStoreTest, QuotaHoldsAcrossStoresUnderConcurrency) {
   EXPECT_EQ(ok, 5);
   EXPECT_EQ(exhausted, kCreates - 5);
   // Another tenant is not affected.
-  EXPECT_TRUE(
-      a->Insert(MakeRecord("other", "globex", "r"), limits, nullptr).ok());
+  VG_EXPECT_OK(a->Insert(MakeRecord("other", "globex", "r"), limits, nullptr));
 }
 
 // ---- Change feed ----
@@ -448,7 +466,7 @@ TEST_F(PostgresStoreTest, FeedDeliversAnotherStoresWrites) {
   ASSERT_TRUE(a && b);
   Recorder rec(a.get());
   ASSERT_TRUE(Eventually([&] { return a->feed_stats().connected; }));
-  ASSERT_TRUE(b->Insert(MakeRecord("f1", "acme"), {}, nullptr).ok());
+  VG_ASSERT_OK(b->Insert(MakeRecord("f1", "acme"), {}, nullptr));
   ASSERT_TRUE(Eventually([&] { return rec.Has("f1", 1); }));
   for (int i = 0; i < 5; ++i) Bump(b.get(), "f1");
   ASSERT_TRUE(Eventually([&] { return rec.Has("f1", 6); }));
@@ -459,8 +477,12 @@ TEST_F(PostgresStoreTest, FeedDeliversAnotherStoresWrites) {
   ASSERT_TRUE(Eventually([&] { return rec.Has("f1", 7); }));
   const std::vector<Change> changes = rec.changes();
   ExpectIncreasingPerId(changes);
+  EXPECT_THAT(rec.Revisions("f1"), ElementsAre(1, 2, 3, 4, 5, 6, 7));
   EXPECT_EQ(changes.front().tenant, "acme");
-  EXPECT_EQ(changes.back().generation->upstream_status(), "r7");
+  for (const Change& c : changes) {
+    EXPECT_EQ(c.generation->upstream_status(),
+              c.revision == 1 ? "" : absl::StrCat("r", c.revision));
+  }
   EXPECT_EQ(changes.back().revision, 7);
 }
 
@@ -476,15 +498,15 @@ TEST_F(PostgresStoreTest, NotifyPayloadIsIdAndRevisionEvenForHugeRecords) {
     (*big.generation.mutable_labels())[absl::StrCat("k", i)] =
         std::string(100, 'v');
   }
-  ASSERT_TRUE(store->Insert(big, {}, nullptr).ok());
+  VG_ASSERT_OK(store->Insert(big, {}, nullptr));
   big.generation.set_revision(2);
   big.version = 2;
-  ASSERT_TRUE(store->Update(big, {}).ok());
+  VG_ASSERT_OK(store->Update(big, {}));
   big.version = 3;  // version only: no notification
-  ASSERT_TRUE(store->Update(big, {}).ok());
+  VG_ASSERT_OK(store->Update(big, {}));
   big.generation.set_revision(3);
   big.version = 4;
-  ASSERT_TRUE(store->Update(big, {}).ok());
+  VG_ASSERT_OK(store->Update(big, {}));
   std::vector<std::string> payloads;
   ASSERT_TRUE(Eventually([&] {
     PQconsumeInput(listener);
@@ -502,7 +524,7 @@ TEST_F(PostgresStoreTest, NotifyPayloadIsIdAndRevisionEvenForHugeRecords) {
 // The feed's connection dies (pg_terminate_backend) and cannot come back
 // for a while (its role may not log in); writes made meanwhile are never
 // notified to it. Once it reconnects, the catch-up by change_seq delivers
-// every generation's latest revision.
+// every revision it missed, in order.
 TEST_F(PostgresStoreTest, FeedCatchesUpAfterLosingItsConnection) {
   const std::string role = db_->MakeRole();
   PostgresOptions oa = Options("feed-a");
@@ -516,8 +538,8 @@ TEST_F(PostgresStoreTest, FeedCatchesUpAfterLosingItsConnection) {
   ASSERT_TRUE(a && b);
   Recorder rec(a.get());
   ASSERT_TRUE(Eventually([&] { return a->feed_stats().connected; }));
-  ASSERT_TRUE(b->Insert(MakeRecord("c1"), {}, nullptr).ok());
-  ASSERT_TRUE(b->Insert(MakeRecord("c2"), {}, nullptr).ok());
+  VG_ASSERT_OK(b->Insert(MakeRecord("c1"), {}, nullptr));
+  VG_ASSERT_OK(b->Insert(MakeRecord("c2"), {}, nullptr));
   ASSERT_TRUE(Eventually([&] { return rec.Has("c1", 1) && rec.Has("c2", 1); }));
   const int64_t notified_before = a->feed_stats().notifications;
 
@@ -529,7 +551,7 @@ TEST_F(PostgresStoreTest, FeedCatchesUpAfterLosingItsConnection) {
   ASSERT_TRUE(Eventually([&] { return !a->feed_stats().connected; }));
   for (int i = 0; i < 3; ++i) Bump(b.get(), "c1");  // c1 -> 4
   Bump(b.get(), "c2");                              // c2 -> 2
-  ASSERT_TRUE(b->Insert(MakeRecord("c3"), {}, nullptr).ok());
+  VG_ASSERT_OK(b->Insert(MakeRecord("c3"), {}, nullptr));
   // Nothing can have reached A: its feed cannot log in.
   EXPECT_FALSE(a->feed_stats().connected);
   EXPECT_EQ(a->feed_stats().connects, 1);
@@ -544,6 +566,9 @@ TEST_F(PostgresStoreTest, FeedCatchesUpAfterLosingItsConnection) {
   EXPECT_EQ(stats.notifications, notified_before);  // none were received
   EXPECT_GE(feed_errors.load(), 1);
   ExpectIncreasingPerId(rec.changes());
+  EXPECT_THAT(rec.Revisions("c1"), ElementsAre(1, 2, 3, 4));
+  EXPECT_THAT(rec.Revisions("c2"), ElementsAre(1, 2));
+  EXPECT_THAT(rec.Revisions("c3"), ElementsAre(1));
   // And live notifications work again.
   Bump(b.get(), "c3");
   ASSERT_TRUE(Eventually([&] { return rec.Has("c3", 2); }));
@@ -558,7 +583,7 @@ TEST_F(PostgresStoreTest, BackstopPollDeliversAnUnnotifiedChange) {
   ASSERT_NE(a, nullptr);
   Recorder rec(a.get());
   ASSERT_TRUE(Eventually([&] { return a->feed_stats().connected; }));
-  ASSERT_TRUE(a->Insert(MakeRecord("s1"), {}, nullptr).ok());
+  VG_ASSERT_OK(a->Insert(MakeRecord("s1"), {}, nullptr));
   ASSERT_TRUE(Eventually([&] { return rec.Has("s1", 1); }));
   const int64_t notified = a->feed_stats().notifications;
   // An unnotified change: body and columns, written in SQL.
@@ -567,14 +592,15 @@ TEST_F(PostgresStoreTest, BackstopPollDeliversAnUnnotifiedChange) {
   r.generation.set_upstream_status("from sql");
   std::string body;
   ASSERT_TRUE(r.generation.SerializeToString(&body));
-  const char* values[2] = {body.data(), "s1"};
-  const int lengths[2] = {static_cast<int>(body.size()), 2};
-  const int formats[2] = {1, 0};
-  PGresult* res = PQexecParams(db_->admin(),
-                               "UPDATE generations SET revision = 3, body = "
-                               "$1, change_seq = videogen_next_change() "
-                               "WHERE id = $2",
-                               2, nullptr, values, lengths, formats, 0);
+  const char* values[1] = {body.data()};
+  const int lengths[1] = {static_cast<int>(body.size())};
+  const int formats[1] = {1};
+  PGresult* res = PQexecParams(
+      db_->admin(),
+      "WITH u AS (UPDATE generations SET revision = 3, body = $1 WHERE id = "
+      "'s1') INSERT INTO generation_revisions (id, revision, created_ns, "
+      "body) VALUES ('s1', 3, 0, $1)",
+      1, nullptr, values, lengths, formats, 0);
   ASSERT_EQ(PQresultStatus(res), PGRES_COMMAND_OK) << PQresultErrorMessage(res);
   PQclear(res);
   ASSERT_TRUE(Eventually([&] { return rec.Has("s1", 3); }));
@@ -595,8 +621,8 @@ TEST_F(PostgresStoreTest, CatchUpWaitsForChangesThatCommitOutOfOrder) {
   ASSERT_TRUE(a && b);
   Recorder rec(a.get());
   ASSERT_TRUE(Eventually([&] { return a->feed_stats().connected; }));
-  ASSERT_TRUE(b->Insert(MakeRecord("slow"), {}, nullptr).ok());
-  ASSERT_TRUE(b->Insert(MakeRecord("fast"), {}, nullptr).ok());
+  VG_ASSERT_OK(b->Insert(MakeRecord("slow"), {}, nullptr));
+  VG_ASSERT_OK(b->Insert(MakeRecord("fast"), {}, nullptr));
   ASSERT_TRUE(
       Eventually([&] { return rec.Has("slow", 1) && rec.Has("fast", 1); }));
 
@@ -614,8 +640,9 @@ TEST_F(PostgresStoreTest, CatchUpWaitsForChangesThatCommitOutOfOrder) {
   const int formats[1] = {1};
   PGresult* res = PQexecParams(
       writer,
-      "UPDATE generations SET revision = 2, body = $1, change_seq = "
-      "videogen_next_change() WHERE id = 'slow' RETURNING change_seq",
+      "WITH u AS (UPDATE generations SET revision = 2, body = $1 WHERE id = "
+      "'slow') INSERT INTO generation_revisions (id, revision, created_ns, "
+      "body) VALUES ('slow', 2, 0, $1) RETURNING change_seq",
       1, nullptr, values, lengths, formats, 0);
   ASSERT_EQ(PQresultStatus(res), PGRES_TUPLES_OK) << PQresultErrorMessage(res);
   const int64_t slow_seq = std::stoll(PQgetvalue(res, 0, 0));
@@ -638,6 +665,37 @@ TEST_F(PostgresStoreTest, CatchUpWaitsForChangesThatCommitOutOfOrder) {
   ExpectIncreasingPerId(rec.changes());
 }
 
+// Superseded revisions leave the history once older than the retention;
+// the latest always stays (a reconnecting feed needs it).
+TEST_F(PostgresStoreTest, RevisionHistoryIsPrunedPastTheRetention) {
+  PostgresOptions o = Options("a");
+  o.revision_retention = absl::Minutes(10);
+  auto a = OpenOrDie(db_->url(), o);
+  ASSERT_NE(a, nullptr);
+  VG_ASSERT_OK(a->Insert(MakeRecord("h1"), {}, nullptr));
+  Record r = **a->Get("h1");
+  auto write = [&](int64_t revision, absl::Duration after) {
+    r.generation.set_revision(revision);
+    *r.generation.mutable_update_time() = Ts(kBase + after);
+    ++r.version;
+    VG_ASSERT_OK(a->Update(r, {}));
+  };
+  write(2, absl::Minutes(1));
+  write(3, absl::Minutes(2));
+  EXPECT_EQ(db_->Query("SELECT revision FROM generation_revisions ORDER BY "
+                       "revision"),
+            (std::vector<std::string>{"1", "2", "3"}));
+  write(3, absl::Minutes(20));  // no new revision: nothing pruned
+  EXPECT_EQ(db_->Scalar("SELECT count(*) FROM generation_revisions"), "3");
+  write(4, absl::Minutes(11) + absl::Seconds(30));  // 1 (t=0) and 2 (t=1m) go
+  EXPECT_EQ(db_->Query("SELECT revision FROM generation_revisions ORDER BY "
+                       "revision"),
+            (std::vector<std::string>{"3", "4"}));
+  // The history goes with its generation.
+  VG_ASSERT_OK(a->Delete("h1", r.version));
+  EXPECT_EQ(db_->Scalar("SELECT count(*) FROM generation_revisions"), "0");
+}
+
 TEST_F(PostgresStoreTest, SetListenerNullStopsDeliveryAndWaitsOutACall) {
   auto a = OpenOrDie(db_->url(), Options("a"));
   ASSERT_NE(a, nullptr);
@@ -647,12 +705,12 @@ TEST_F(PostgresStoreTest, SetListenerNullStopsDeliveryAndWaitsOutACall) {
     ++calls;
   });
   ASSERT_TRUE(Eventually([&] { return a->feed_stats().connected; }));
-  ASSERT_TRUE(a->Insert(MakeRecord("l1"), {}, nullptr).ok());
+  VG_ASSERT_OK(a->Insert(MakeRecord("l1"), {}, nullptr));
   ASSERT_TRUE(Eventually([&] { return a->feed_stats().delivered >= 1; }));
   a->feed()->SetListener(nullptr);
   const int after = calls.load();
   EXPECT_EQ(after, 1);  // the running call finished before SetListener
-  ASSERT_TRUE(a->Insert(MakeRecord("l2"), {}, nullptr).ok());
+  VG_ASSERT_OK(a->Insert(MakeRecord("l2"), {}, nullptr));
   const int64_t notified = a->feed_stats().notifications;
   ASSERT_TRUE(
       Eventually([&] { return a->feed_stats().notifications > notified; }));
@@ -664,7 +722,7 @@ TEST_F(PostgresStoreTest, SetListenerNullStopsDeliveryAndWaitsOutACall) {
 TEST_F(PostgresStoreTest, PoolHealsAfterItsSessionsAreTerminated) {
   auto a = OpenOrDie(db_->url(), Options("pool-a"));
   ASSERT_NE(a, nullptr);
-  ASSERT_TRUE(a->Insert(MakeRecord("p1"), {}, nullptr).ok());
+  VG_ASSERT_OK(a->Insert(MakeRecord("p1"), {}, nullptr));
   ASSERT_TRUE(a->Get("p1").ok());
   EXPECT_EQ(db_->Scalar("SELECT count(pg_terminate_backend(pid)) > 0 FROM "
                         "pg_stat_activity WHERE application_name = 'pool-a' "
@@ -676,14 +734,14 @@ TEST_F(PostgresStoreTest, PoolHealsAfterItsSessionsAreTerminated) {
   Record r = **got;
   r.generation.set_revision(2);
   ++r.version;
-  EXPECT_TRUE(a->Update(r, {}).ok());
-  EXPECT_TRUE(a->CheckIntegrity().ok());
+  VG_EXPECT_OK(a->Update(r, {}));
+  VG_EXPECT_OK(a->CheckIntegrity());
 }
 
 TEST_F(PostgresStoreTest, UpdateWithOutboxIsAtomicWithTheCompareAndSet) {
   auto a = OpenOrDie(db_->url(), Options("a"));
   ASSERT_NE(a, nullptr);
-  ASSERT_TRUE(a->Insert(MakeRecord("o1"), {}, nullptr).ok());
+  VG_ASSERT_OK(a->Insert(MakeRecord("o1"), {}, nullptr));
   Record r = **a->Get("o1");
   r.generation.set_revision(2);
   r.version = 5;  // wrong version: neither the row nor the outbox changes
@@ -695,7 +753,7 @@ TEST_F(PostgresStoreTest, UpdateWithOutboxIsAtomicWithTheCompareAndSet) {
   EXPECT_EQ(a->Update(r, {d}).code(), absl::StatusCode::kAborted);
   EXPECT_EQ(a->OutboxStats()->first, 0);
   r.version = 2;
-  EXPECT_TRUE(a->Update(r, {d, d}).ok());
+  VG_EXPECT_OK(a->Update(r, {d, d}));
   EXPECT_EQ(a->OutboxStats()->first, 2);
 }
 

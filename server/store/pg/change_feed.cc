@@ -12,6 +12,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "server/store/pg/schema.h"
 
 namespace videogen::store::pg {
@@ -27,10 +28,23 @@ constexpr int kScanBatch = 1000;
 constexpr char kScanSql[] =
     "SELECT pg_snapshot_xmin(s.snap)::text,"
     " (SELECT max(x::text::numeric) FROM pg_snapshot_xip(s.snap) AS x)::text,"
-    " g.id, g.revision, g.change_seq"
+    " h.id, h.revision, h.change_seq"
     " FROM (SELECT pg_current_snapshot() AS snap) AS s"
-    " LEFT JOIN LATERAL (SELECT id, revision, change_seq FROM generations"
-    " WHERE change_seq > $1 ORDER BY change_seq LIMIT $2) AS g ON true";
+    " LEFT JOIN LATERAL (SELECT id, revision, change_seq FROM"
+    " generation_revisions WHERE change_seq > $1 ORDER BY change_seq"
+    " LIMIT $2) AS h ON true";
+
+// History rows with what a listener gets: the revision's body and the
+// generation's current webhook status (kept beside the record).
+constexpr char kRevisionColumns[] =
+    "SELECT h.id, h.revision, h.change_seq, h.body, g.webhook_status"
+    " FROM generation_revisions AS h LEFT JOIN generations AS g"
+    " ON g.id = h.id WHERE ";
+
+// How long a delivered revision is remembered after the cursor passed it,
+// so a notification processed right after the scan that delivered its
+// revision is not delivered twice.
+constexpr absl::Duration kRememberDelivered = absl::Seconds(60);
 
 uint64_t ParseXid(std::string_view text) {
   uint64_t v = 0;
@@ -42,7 +56,10 @@ uint64_t ParseXid(std::string_view text) {
 
 PgChangeFeed::PgChangeFeed(FeedOptions options)
     : options_(std::move(options)),
-      wake_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+      wake_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
+      cursor_(options_.start_after) {
+  cursor_snapshot_.store(cursor_);
+}
 
 PgChangeFeed::~PgChangeFeed() {
   stopping_.store(true, std::memory_order_release);
@@ -214,39 +231,39 @@ void PgChangeFeed::DrainNotifies(PGconn* conn) {
         absl::SimpleAtoi(absl::string_view(payload.data() + colon + 1,
                                            payload.size() - colon - 1),
                          &revision)) {
-      int64_t& slot = notified_[std::string(payload.substr(0, colon))];
-      slot = std::max(slot, revision);
+      notified_.emplace(std::string(payload.substr(0, colon)), revision);
     }
     PQfreemem(n);
   }
 }
 
-absl::Status PgChangeFeed::FetchAndDeliver(PGconn* conn,
-                                           const std::vector<std::string>& ids,
-                                           bool by_scan) {
-  if (ids.empty()) return absl::OkStatus();
-  static const std::string* const kSql = new std::string(
-      absl::StrCat("SELECT ", RecordColumns(),
-                   " FROM generations WHERE id = ANY($1::text[])"));
-  Params params;
-  params.Text(TextArrayLiteral(ids));
-  absl::StatusOr<Result> r = Query(conn, *kSql, params);
-  if (!r.ok()) return r.status();
-  for (int i = 0; i < Rows(r->get()); ++i) {
-    const Row row(r->get(), i);
-    absl::StatusOr<Record> record = RecordFromRow(row);
-    if (!record.ok()) continue;  // a corrupt row: Get reports it
-    const v1::Generation& g = record->generation;
-    if (g.revision() <= 0) continue;  // inserted unannounced
-    auto [it, inserted] = delivered_.try_emplace(g.id(), Delivered{0, 0});
-    if (!inserted && it->second.revision >= g.revision()) continue;
-    it->second = Delivered{g.revision(), row.Int(kChangeSeqColumn)};
+absl::Status PgChangeFeed::DeliverRows(const PGresult* result, bool by_scan) {
+  const absl::Time now = absl::Now();
+  for (int i = 0; i < Rows(result); ++i) {
+    const Row row(result, i);
+    const std::string id = row.Text(0);
+    const int64_t revision = row.Int(1);
+    auto [it, inserted] =
+        delivered_.try_emplace(id, Delivered{0, 0, absl::InfinitePast()});
+    if (!inserted && it->second.revision >= revision) continue;
+    auto generation = std::make_shared<v1::Generation>();
+    const std::string_view body = row.Bytes(3);
+    if (!generation->ParseFromArray(body.data(),
+                                    static_cast<int>(body.size())) ||
+        generation->id() != id || generation->revision() != revision) {
+      continue;  // a corrupt row: Get reports it
+    }
+    if (!row.IsNull(4)) {
+      const std::string_view ws = row.Bytes(4);
+      generation->mutable_webhook_status()->ParseFromArray(
+          ws.data(), static_cast<int>(ws.size()));
+    }
+    it->second = Delivered{revision, row.Int(2), now};
     Change change;
-    change.id = g.id();
-    change.revision = g.revision();
-    change.tenant = g.tenant();
-    change.generation =
-        std::make_shared<const v1::Generation>(std::move(record->generation));
+    change.id = id;
+    change.revision = revision;
+    change.tenant = generation->tenant();
+    change.generation = std::move(generation);
     Deliver(change);
     if (by_scan) delivered_by_scan_.fetch_add(1);
   }
@@ -254,25 +271,42 @@ absl::Status PgChangeFeed::FetchAndDeliver(PGconn* conn,
 }
 
 absl::Status PgChangeFeed::DeliverNotified(PGconn* conn) {
-  std::vector<std::string> ids;
+  // The notified revisions themselves, plus whatever else of those
+  // generations is past the cursor (in commit order either way).
+  std::vector<std::string> ids, pair_ids, pair_revisions;
   for (const auto& [id, revision] : notified_) {
     auto it = delivered_.find(id);
-    if (it == delivered_.end() || it->second.revision < revision) {
-      ids.push_back(id);
-    }
+    if (it != delivered_.end() && it->second.revision >= revision) continue;
+    if (ids.empty() || ids.back() != id) ids.push_back(id);
+    pair_ids.push_back(id);
+    pair_revisions.push_back(absl::StrCat(revision));
   }
   notified_.clear();
-  return FetchAndDeliver(conn, ids, /*by_scan=*/false);
+  if (ids.empty()) return absl::OkStatus();
+  static const std::string* const kSql = new std::string(absl::StrCat(
+      kRevisionColumns,
+      "(h.id, h.revision) IN (SELECT * FROM unnest($1::text[],"
+      " $2::bigint[])) OR (h.id = ANY($3::text[]) AND h.change_seq > $4)"
+      " ORDER BY h.change_seq"));
+  Params params;
+  params.Text(TextArrayLiteral(pair_ids))
+      .Text(absl::StrCat("{", absl::StrJoin(pair_revisions, ","), "}"))
+      .Text(TextArrayLiteral(ids))
+      .Int(cursor_);
+  absl::StatusOr<Result> r = Query(conn, *kSql, params);
+  if (!r.ok()) return r.status();
+  return DeliverRows(r->get(), /*by_scan=*/false);
 }
 
 absl::Status PgChangeFeed::CatchUp(PGconn* conn) {
   scans_.fetch_add(1);
   if (cursor_ < 0) {
-    // First connect: start at the head; what committed before the feed
-    // started is not a change to announce (watchers read it with Get).
+    // No starting point given: start at the head; what committed before is
+    // not a change to announce (watchers read it with Get).
     Params none;
     absl::StatusOr<Result> r = Query(
-        conn, "SELECT coalesce(max(change_seq), 0) FROM generations", none);
+        conn, "SELECT coalesce(max(change_seq), 0) FROM generation_revisions",
+        none);
     if (!r.ok()) return r.status();
     cursor_ = Row(r->get(), 0).Int(0);
     cursor_snapshot_.store(cursor_);
@@ -289,7 +323,7 @@ absl::Status PgChangeFeed::CatchUp(PGconn* conn) {
     params.Int(from).Int(kScanBatch);
     absl::StatusOr<Result> r = Query(conn, kScanSql, params);
     if (!r.ok()) return r.status();
-    std::vector<std::string> ids;
+    std::vector<std::string> seqs;  // of the revisions to deliver
     int found = 0;
     int64_t max_seq = from;
     for (int i = 0; i < Rows(r->get()); ++i) {
@@ -304,17 +338,28 @@ absl::Status PgChangeFeed::CatchUp(PGconn* conn) {
       ++found;
       const std::string id = row.Text(2);
       const int64_t revision = row.Int(3);
-      max_seq = std::max(max_seq, row.Int(4));
+      const int64_t seq = row.Int(4);
+      max_seq = std::max(max_seq, seq);
       auto it = delivered_.find(id);
       if (it == delivered_.end() || it->second.revision < revision) {
-        ids.push_back(id);
+        seqs.push_back(absl::StrCat(seq));
       }
     }
     if (first_batch) observed.seq = max_seq;
     first_batch = false;
-    if (absl::Status s = FetchAndDeliver(conn, ids, /*by_scan=*/true);
-        !s.ok()) {
-      return s;
+    if (!seqs.empty()) {
+      static const std::string* const kSql = new std::string(
+          absl::StrCat(kRevisionColumns,
+                       "h.change_seq = ANY($1::bigint[]) ORDER BY"
+                       " h.change_seq"));
+      Params fetch;
+      fetch.Text(absl::StrCat("{", absl::StrJoin(seqs, ","), "}"));
+      absl::StatusOr<Result> rows = Query(conn, *kSql, fetch);
+      if (!rows.ok()) return rows.status();
+      if (absl::Status s = DeliverRows(rows->get(), /*by_scan=*/true);
+          !s.ok()) {
+        return s;
+      }
     }
     if (found < kScanBatch) break;
     from = max_seq;
@@ -342,9 +387,12 @@ void PgChangeFeed::Advance(uint64_t xmin) {
   // the cursor still; bound the bookkeeping by forgetting middle entries
   // (only ever delays the cursor).
   while (pending_.size() > 64) pending_.erase(pending_.begin() + 1);
+  const absl::Time forget_before = absl::Now() - kRememberDelivered;
   for (auto it = delivered_.begin(); it != delivered_.end();) {
     auto next = std::next(it);
-    if (it->second.seq <= cursor_) delivered_.erase(it);
+    if (it->second.seq <= cursor_ && it->second.at < forget_before) {
+      delivered_.erase(it);
+    }
     it = next;
   }
   cursor_snapshot_.store(cursor_);

@@ -4,10 +4,11 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
-#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -31,6 +32,10 @@ struct FeedOptions {
   absl::Duration reconnect_max = absl::Seconds(5);
   // Upper bound for one query on the feed connection.
   absl::Duration query_timeout = absl::Seconds(30);
+  // Changes with a change_seq above this are delivered (the store reads the
+  // head at Open, so a listener set later still gets everything committed
+  // since). -1: start at the head when the feed first connects.
+  int64_t start_after = -1;
   // Called on the feed thread, outside every lock, each time the
   // connection fails (the feed reconnects by itself). May be empty.
   std::function<void(const absl::Status&)> on_error;
@@ -48,25 +53,28 @@ struct FeedStats {
 
 // The change feed of PostgresStore: LISTEN on a dedicated connection, driven
 // by libpq's asynchronous API from one thread (poll on the socket and an
-// eventfd; no busy loop). A notification ("ID:REVISION") makes the thread
-// re-read that generation and hand the listener its current state.
+// eventfd; no busy loop).
 //
-// Nothing is lost across a dropped connection or a lost notification: every
-// revision-raising write stamps its row with a global, increasing
-// change_seq, and the thread re-reads the rows above a cursor after every
-// (re)connect and every `backstop_interval`. The cursor only moves past a
-// number once every transaction that was in progress when that number was
-// seen has ended (tracked with pg_current_snapshot()), because sequence
-// numbers are taken before commit and so commit out of order.
+// Every revision-raising write records the revision in
+// generation_revisions, numbered by a global, increasing change_seq, and
+// sends NOTIFY "ID:REVISION" in the same transaction. A notification makes
+// the thread read that revision (and any other of that generation past the
+// cursor) and hand each to the listener, so listeners see every revision,
+// in order, once.
 //
-// Per generation, listener calls carry increasing revisions (an
-// intermediate revision is skipped when several commit before the re-read:
-// the store keeps only the current state). Across a long stall a revision
-// may rarely be delivered twice; listeners drop those, per the contract.
+// Nothing is lost across a dropped connection or a lost notification: the
+// thread re-reads the history above a cursor after every (re)connect and
+// every `backstop_interval`. The cursor only moves past a number once every
+// transaction that was in progress when that number was seen has ended
+// (tracked with pg_current_snapshot()), because sequence numbers are taken
+// before commit and so commit out of order.
 //
-// Thread-safety: SetListener and stats may be called from any thread. The
-// feed thread, started by the first non-null SetListener, owns the
-// connection, the cursor and the delivered-revision map.
+// Limits: a feed cut off for longer than the store's revision_retention
+// gets each generation's latest revision but may skip superseded ones that
+// were pruned meanwhile. A transaction that took its change_seq before the
+// starting point (FeedOptions::start_after) but committed after it is
+// delivered by its notification only.
+//
 class PgChangeFeed final : public ChangeFeed {
  public:
   explicit PgChangeFeed(FeedOptions options);
@@ -90,6 +98,7 @@ class PgChangeFeed final : public ChangeFeed {
   struct Delivered {
     int64_t revision;
     int64_t seq;
+    absl::Time at;
   };
 
   void Run();
@@ -102,10 +111,8 @@ class PgChangeFeed final : public ChangeFeed {
   void DrainNotifies(PGconn* conn);
   absl::Status DeliverNotified(PGconn* conn);
   absl::Status CatchUp(PGconn* conn);
-  // Re-reads `ids` and delivers those whose revision is new.
-  absl::Status FetchAndDeliver(PGconn* conn,
-                               const std::vector<std::string>& ids,
-                               bool by_scan);
+  // Delivers rows of kRevisionColumns whose revision is new for their id.
+  absl::Status DeliverRows(const PGresult* result, bool by_scan);
   void Advance(uint64_t xmin);
   void Deliver(const Change& change);
   bool Stopping() const { return stopping_.load(std::memory_order_acquire); }
@@ -127,10 +134,10 @@ class PgChangeFeed final : public ChangeFeed {
   std::atomic<bool> connected_{false};
 
   // Feed-thread state.
-  int64_t cursor_ = -1;  // -1 until the first connect reads the head
+  int64_t cursor_;  // -1 until the first connect reads the head
   std::deque<Pending> pending_;
   absl::flat_hash_map<std::string, Delivered> delivered_;
-  std::map<std::string, int64_t> notified_;  // id -> highest revision
+  std::set<std::pair<std::string, int64_t>> notified_;  // (id, revision)
 };
 
 }  // namespace videogen::store::pg

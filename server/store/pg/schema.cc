@@ -23,10 +23,11 @@ const char* const kMigrations[] = {
     R"sql(
 CREATE SEQUENCE videogen_change_seq;
 
--- Every revision-raising write stamps its row from here. The transaction
--- takes its id first: a transaction that holds a change_seq is therefore
--- always listed as in progress in a concurrent snapshot, which is what lets
--- the change feed's catch-up know when no smaller number can still commit.
+-- Every revision-raising write numbers its history row from here. The
+-- transaction takes its id first: a transaction that holds a change_seq is
+-- therefore always listed as in progress in a concurrent snapshot, which is
+-- what lets the change feed's catch-up know when no smaller number can
+-- still commit.
 CREATE FUNCTION videogen_next_change() RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
@@ -54,7 +55,6 @@ CREATE TABLE generations (
   labels jsonb NOT NULL,
   body bytea NOT NULL,
   webhook_status bytea,            -- v1::WebhookStatus; beside the version
-  change_seq bigint NOT NULL DEFAULT videogen_next_change(),
   UNIQUE (tenant, request_id)
 );
 CREATE INDEX generations_by_create
@@ -65,8 +65,21 @@ CREATE INDEX generations_active ON generations (create_time_ns, id)
   WHERE NOT done;
 CREATE INDEX generations_active_owner ON generations (owner) WHERE NOT done;
 CREATE INDEX generations_terminal ON generations (update_time_ns) WHERE done;
-CREATE INDEX generations_changes ON generations (change_seq);
 CREATE INDEX generations_labels ON generations USING gin (labels jsonb_path_ops);
+
+-- Every revision clients can see, written with the change that raised it:
+-- the change feed delivers each revision (not just the latest state) and
+-- catches up by change_seq after a reconnect. Superseded revisions are
+-- pruned once older than the store's revision_retention; the latest stays.
+CREATE TABLE generation_revisions (
+  id text NOT NULL REFERENCES generations (id) ON DELETE CASCADE,
+  revision bigint NOT NULL,
+  change_seq bigint NOT NULL DEFAULT videogen_next_change(),
+  created_ns bigint NOT NULL,
+  body bytea NOT NULL,
+  PRIMARY KEY (id, revision)
+);
+CREATE INDEX generation_revisions_by_seq ON generation_revisions (change_seq);
 
 CREATE TABLE api_keys (
   key_id text PRIMARY KEY,
@@ -177,6 +190,17 @@ absl::StatusOr<int> StoredSchemaVersion(PGconn* conn) {
   return static_cast<int>(Row(r.get(), 0).Int(0));
 }
 
+absl::StatusOr<int64_t> ChangeHead(PGconn* conn) {
+  Result r(PQexecParams(
+      conn, "SELECT coalesce(max(change_seq), 0) FROM generation_revisions", 0,
+      nullptr, nullptr, nullptr, nullptr, 1));
+  if (absl::Status s = CheckResult(r.get(), conn, "reading the change head");
+      !s.ok()) {
+    return s;
+  }
+  return Row(r.get(), 0).Int(0);
+}
+
 absl::Status Migrate(PGconn* conn) {
   if (absl::Status s = Exec(conn, "BEGIN", "starting the migration"); !s.ok()) {
     return s;
@@ -191,8 +215,7 @@ std::string RecordColumns(const std::string& alias) {
   static const char* const kColumns[] = {
       "id",          "body",         "webhook_status",
       "deadline_ns", "submit_phase", "submit_time_ns",
-      "version",     "owner",        "lease_until_ns",
-      "change_seq"};
+      "version",     "owner",        "lease_until_ns"};
   static_assert(sizeof(kColumns) / sizeof(kColumns[0]) == kRecordColumnCount);
   std::string out;
   for (int i = 0; i < kRecordColumnCount; ++i) {

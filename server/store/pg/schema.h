@@ -29,12 +29,13 @@ absl::Status Migrate(PGconn* conn);
 // The schema version recorded in the database (0 when none).
 absl::StatusOr<int> StoredSchemaVersion(PGconn* conn);
 
+// The newest change_seq in the revision history (0 when empty).
+absl::StatusOr<int64_t> ChangeHead(PGconn* conn);
+
 // The columns a Record is read from, in the order RecordFromRow expects,
 // optionally qualified by a table alias ("g." ...).
 std::string RecordColumns(const std::string& alias = "");
-inline constexpr int kRecordColumnCount = 10;
-// Column index of change_seq within RecordColumns().
-inline constexpr int kChangeSeqColumn = 9;
+inline constexpr int kRecordColumnCount = 9;
 
 // Decodes RecordColumns() starting at column `first`. DATA_LOSS naming the
 // id when the stored body does not parse. The separately stored webhook
