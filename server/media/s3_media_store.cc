@@ -222,7 +222,6 @@ class S3MediaStore final : public MediaStore {
           absl::StrCat("x-amz-security-token: ", options_.session_token)
               .c_str());
     }
-    headers = curl_slist_append(headers, "Expect:");
     for (const std::string& h : call.headers) {
       headers = curl_slist_append(headers, h.c_str());
     }

@@ -144,6 +144,8 @@ class VideoServer {
                 });
     port_ = server_.bind_to_any_port("127.0.0.1");
     thread_ = std::thread([this] { server_.listen_after_bind(); });
+    // httplib 0.11's stop() is a no-op until the loop runs: wait for it.
+    while (!server_.is_running()) absl::SleepFor(absl::Milliseconds(1));
   }
 
   ~VideoServer() {
