@@ -86,6 +86,9 @@ ABSL_FLAG(absl::Duration, reconcile_window, absl::Minutes(15),
           "before it is FAILED SUBMIT_UNCONFIRMED");
 ABSL_FLAG(double, reconcile_rate, 60,
           "usage-log requests per minute (the upstream allows 200)");
+ABSL_FLAG(absl::Duration, reconcile_interval, absl::Seconds(20),
+          "time between usage-log passes while a submit is unconfirmed (the "
+          "log lags, so a job missing now may show up later)");
 ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(15),
           "heartbeat on idle streams so proxies keep them open");
 ABSL_FLAG(absl::Duration, drain_grace, absl::Seconds(20),
@@ -265,6 +268,7 @@ absl::StatusOr<Config> ConfigFromFlags() {
   c.max_outstanding_submits = absl::GetFlag(FLAGS_max_outstanding_submits);
   c.reconcile_window = absl::GetFlag(FLAGS_reconcile_window);
   c.reconcile_rate = absl::GetFlag(FLAGS_reconcile_rate);
+  c.reconcile_interval = absl::GetFlag(FLAGS_reconcile_interval);
   c.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
   c.drain_grace = absl::GetFlag(FLAGS_drain_grace);
   c.keepalive_time = absl::GetFlag(FLAGS_keepalive_time);

@@ -58,6 +58,7 @@ struct Config {
   int max_outstanding_submits = 4;
   absl::Duration reconcile_window = absl::Minutes(15);
   double reconcile_rate = 60;  // usage-log requests per minute
+  absl::Duration reconcile_interval = absl::Seconds(20);
 
   // Streams and drain.
   absl::Duration heartbeat_interval = absl::Seconds(15);

@@ -186,6 +186,7 @@ core::TrackerOptions TrackerOptionsFor(const Config& c,
   o.max_outstanding_submits = c.max_outstanding_submits;
   o.reconcile_window = c.reconcile_window;
   o.reconcile_rate_per_minute = c.reconcile_rate;
+  o.reconcile_interval = c.reconcile_interval;
   o.on_poll_lag = [](absl::Duration lag) {
     api::Metrics::Global().Observe("videogen_poll_lag_seconds", {},
                                    absl::ToDoubleSeconds(lag));
