@@ -2,7 +2,9 @@
 # videogen developer entry point. One script, a few subcommands:
 #   deps   install missing Debian packages and npm tools (idempotent, quiet when done)
 #   build  deps + configure + build (RelWithDebInfo) into build/
-#   test   build + every test (ctest: unit, e2e, polyglot, lint)
+#   test   build + every test (ctest), with a throwaway PostgreSQL cluster
+#          started for the run and stopped after (CTEST_ARGS adds ctest flags,
+#          e.g. CTEST_ARGS='-L core')
 #   demo   build + server with the simulated upstream + one streamed generation
 #   serve  build + videogen-server in the foreground (extra args passed through)
 #   bench  build + the benchmark suite (writes build/bench/results.md)
@@ -19,6 +21,8 @@ APT_PACKAGES=(
   libsqlite3-dev sqlite3 libcpp-httplib-dev libcli11-dev libspdlog-dev
   python3-grpcio python3-protobuf clang-format
   wrk yamllint python3-yaml prometheus tmux bsdutils procps openssl
+  libboost-dev libssl-dev golang-github-gogo-googleapis-dev
+  libpq-dev postgresql-15 nginx
 )
 
 log() { printf '\033[1m[dev]\033[0m %s\n' "$*" >&2; }
@@ -63,7 +67,15 @@ cmd_build() {
 
 cmd_test() {
   cmd_build
-  (cd "$BUILD_DIR" && ctest --output-on-failure --timeout 600 -j "$(nproc)")
+  # PostgreSQL for the store and scale-out tests: a throwaway cluster in a
+  # temporary directory, stopped (and removed) however the run ends.
+  local pg_dir
+  pg_dir="$(mktemp -d /tmp/videogen-pg.XXXXXX)"
+  trap 'bash "$ROOT/scripts/pg.sh" stop "'"$pg_dir"'" >/dev/null 2>&1 || true' EXIT
+  VIDEOGEN_TEST_DATABASE_URL="$(bash "$ROOT/scripts/pg.sh" start "$pg_dir")"
+  export VIDEOGEN_TEST_DATABASE_URL
+  # shellcheck disable=SC2086
+  (cd "$BUILD_DIR" && ctest --output-on-failure --timeout 600 -j "$(nproc)" ${CTEST_ARGS:-})
 }
 
 cmd_demo() {
