@@ -54,6 +54,7 @@ absl::StatusOr<std::string> StartServer(const Paths& p, Child& server,
       "--listen=127.0.0.1:0",
       absl::StrCat("--upstream_url=", sim_url),
       "--store=memory",
+      "--auth=none",  // loopback only; the bench measures fan-out, not auth
       absl::StrCat("--poll_initial_delay=", Dur(initial_delay)),
       absl::StrCat("--poll_interval=", Dur(interval)),
       "--heartbeat_interval=15s",
