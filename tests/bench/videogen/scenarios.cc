@@ -55,6 +55,7 @@ absl::StatusOr<std::string> StartServer(const Paths& p, Child& server,
       absl::StrCat("--upstream_url=", sim_url),
       "--store=memory",
       "--auth=none",  // loopback only; the bench measures fan-out, not auth
+      "--mirror=none",
       absl::StrCat("--poll_initial_delay=", Dur(initial_delay)),
       absl::StrCat("--poll_interval=", Dur(interval)),
       "--heartbeat_interval=15s",
