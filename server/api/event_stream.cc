@@ -38,7 +38,7 @@ void EventStream::OnEvent(core::EventPtr event) {
     const std::string& id = g.id();
     // Drop what is not newer than what this stream already has.
     auto newest = newest_.find(id);
-    const int64_t have = ends_on_terminal_ ? last_revision_
+    const int64_t have = ends_on_terminal_         ? last_revision_
                          : newest == newest_.end() ? 0
                                                    : newest->second;
     if (g.revision() <= have) return;
@@ -258,9 +258,9 @@ absl::Status StreamRegistry::Add(const std::shared_ptr<EventStream>& stream,
         "server is shutting down; retry on another replica or after restart");
   }
   if (static_cast<int64_t>(streams_.size()) >= limits_.max_streams) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "this server holds its limit of ", limits_.max_streams,
-        " open streams; retry later or on another replica"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("this server holds its limit of ", limits_.max_streams,
+                     " open streams; retry later or on another replica"));
   }
   int64_t& mine = per_tenant_[tenant];
   if (mine >= limits_.max_streams_per_tenant) {

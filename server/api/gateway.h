@@ -32,15 +32,15 @@ class Gateway {
   virtual absl::StatusOr<v1::ListGenerationsResponse> List(
       const auth::Principal& who,
       const v1::ListGenerationsRequest& request) = 0;
-  virtual absl::StatusOr<core::GenerationPtr> Cancel(
-      const auth::Principal& who, const std::string& id) = 0;
+  virtual absl::StatusOr<core::GenerationPtr> Cancel(const auth::Principal& who,
+                                                     const std::string& id) = 0;
 
   // Streams one generation to `sink` from `after_revision` on: a SNAPSHOT
   // when the generation is newer, then UPDATEs. `finished` is true when it
   // is terminal already (the SNAPSHOT, if due, was delivered).
   virtual absl::StatusOr<core::Subscription> Watch(
-      const auth::Principal& who, const std::string& id,
-      int64_t after_revision, std::shared_ptr<core::EventSink> sink) = 0;
+      const auth::Principal& who, const std::string& id, int64_t after_revision,
+      std::shared_ptr<core::EventSink> sink) = 0;
   // Every change of the caller's generations that match the filter.
   virtual absl::StatusOr<core::Subscription> WatchAll(
       const auth::Principal& who, const v1::WatchGenerationsRequest& request,

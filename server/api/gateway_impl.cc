@@ -55,29 +55,29 @@ void GatewayImpl::Create(const auth::Principal& who,
     return;
   }
   if (!request.webhook_url().empty()) {
-    absl::Status s =
-        options_.check_webhook_url
-            ? options_.check_webhook_url(request.webhook_url())
-            : absl::FailedPreconditionError(
-                  "webhooks are not enabled on this server");
+    absl::Status s = options_.check_webhook_url
+                         ? options_.check_webhook_url(request.webhook_url())
+                         : absl::FailedPreconditionError(
+                               "webhooks are not enabled on this server");
     if (!s.ok()) {
       done(s);
       return;
     }
   }
   core::CreateRequest create{request, who.tenant, who.limits, ctx};
-  tracker_->Create(
-      std::move(create),
-      [request, who, ctx, done = std::move(done)](
-          absl::StatusOr<core::GenerationPtr> g) {
-        // Replays of a request_id are logged by the tracker as replays.
-        if (!g.ok() || (*g)->revision() <= 1) LogCreate(request, who, ctx, g);
-        done(std::move(g));
-      });
+  tracker_->Create(std::move(create),
+                   [request, who, ctx, done = std::move(done)](
+                       absl::StatusOr<core::GenerationPtr> g) {
+                     // Replays of a request_id are logged by the tracker as
+                     // replays.
+                     if (!g.ok() || (*g)->revision() <= 1)
+                       LogCreate(request, who, ctx, g);
+                     done(std::move(g));
+                   });
 }
 
-absl::StatusOr<core::GenerationPtr> GatewayImpl::Get(
-    const auth::Principal& who, const std::string& id) {
+absl::StatusOr<core::GenerationPtr> GatewayImpl::Get(const auth::Principal& who,
+                                                     const std::string& id) {
   if (absl::Status s = Validator::ValidateId(id); !s.ok()) return s;
   absl::StatusOr<std::optional<store::Record>> r = store_->Get(id);
   if (!r.ok()) return r.status();

@@ -21,9 +21,8 @@ struct GatewayOptions {
 // and the store (reads). Holds no mutable state of its own: thread-safe.
 class GatewayImpl final : public Gateway {
  public:
-  GatewayImpl(core::Tracker* tracker, core::FanoutHub* hub,
-              store::Store* store, Validator validator,
-              GatewayOptions options);
+  GatewayImpl(core::Tracker* tracker, core::FanoutHub* hub, store::Store* store,
+              Validator validator, GatewayOptions options);
 
   void Create(const auth::Principal& who, v1::GenerateRequest request,
               const core::RequestContext& ctx,
@@ -36,8 +35,8 @@ class GatewayImpl final : public Gateway {
   absl::StatusOr<core::GenerationPtr> Cancel(const auth::Principal& who,
                                              const std::string& id) override;
   absl::StatusOr<core::Subscription> Watch(
-      const auth::Principal& who, const std::string& id,
-      int64_t after_revision, std::shared_ptr<core::EventSink> sink) override;
+      const auth::Principal& who, const std::string& id, int64_t after_revision,
+      std::shared_ptr<core::EventSink> sink) override;
   absl::StatusOr<core::Subscription> WatchAll(
       const auth::Principal& who, const v1::WatchGenerationsRequest& request,
       std::shared_ptr<core::EventSink> sink) override;

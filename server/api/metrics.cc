@@ -1,12 +1,11 @@
 #include "server/api/metrics.h"
 
-#include "absl/container/flat_hash_set.h"
-#include "absl/strings/str_cat.h"
-#include "videogen/v1/video_generation.grpc.pb.h"
-
 #include <algorithm>
 
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
 #include "grpcpp/support/interceptor.h"
+#include "videogen/v1/video_generation.grpc.pb.h"
 
 namespace videogen::api {
 

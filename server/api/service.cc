@@ -4,11 +4,11 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/api/log.h"
-#include "absl/strings/str_cat.h"
-#include "server/auth/grpc_auth.h"
 #include "server/api/status_map.h"
+#include "server/auth/grpc_auth.h"
 
 namespace videogen::api {
 namespace {
@@ -41,7 +41,8 @@ bool IsValidTraceParent(const std::string& tp) {
 grpc::Status CreateStatus(const auth::Principal& who,
                           const absl::Status& status) {
   if (status.code() == absl::StatusCode::kResourceExhausted) {
-    const std::string_view limit = auth::LimitNamedIn(status.message());
+    const std::string_view limit = auth::LimitNamedIn(
+        std::string_view(status.message().data(), status.message().size()));
     if (!limit.empty()) {
       const absl::Duration retry_after = limit == auth::kCreatesPerMinute
                                              ? absl::Minutes(1)
@@ -81,9 +82,8 @@ absl::StatusOr<auth::Principal> VideoGenerationService::Who(
 
 StreamReactor* VideoGenerationService::NewStream(
     const absl::StatusOr<auth::Principal>& who, bool ends_on_terminal) {
-  auto* reactor = new StreamReactor(gateway_, registry_,
-                                    who.ok() ? who->tenant : "",
-                                    ends_on_terminal);
+  auto* reactor = new StreamReactor(
+      gateway_, registry_, who.ok() ? who->tenant : "", ends_on_terminal);
   if (reactor->registered() && !who.ok()) {
     reactor->stream()->Abort(ToGrpcStatus(who.status()));
   }

@@ -43,9 +43,11 @@ absl::Status Invalid(absl::string_view message) {
 int32_t NextCodePoint(const std::string& s, size_t* i) {
   const auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
   const unsigned char c = byte(*i);
-  int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3
-                                           : (c >> 3) == 30 ? 4
-                                                            : 0;
+  int len = c < 0x80         ? 1
+            : (c >> 5) == 6  ? 2
+            : (c >> 4) == 14 ? 3
+            : (c >> 3) == 30 ? 4
+                             : 0;
   if (len == 0 || *i + len > s.size()) return -1;
   int32_t cp = len == 1 ? c : c & (0x7F >> len);
   for (int k = 1; k < len; ++k) {
@@ -63,17 +65,17 @@ int32_t NextCodePoint(const std::string& s, size_t* i) {
 // Unicode White_Space plus the invisible format characters a prompt of
 // "nothing" is made of (zero-width space and joiners, word joiner, BOM).
 bool IsBlank(int32_t cp) {
-  return cp == ' ' || (cp >= 0x09 && cp <= 0x0D) || cp == 0x85 ||
-         cp == 0xA0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200D) ||
-         cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
-         cp == 0x2060 || cp == 0x3000 || cp == 0xFEFF || cp == 0x180E;
+  return cp == ' ' || (cp >= 0x09 && cp <= 0x0D) || cp == 0x85 || cp == 0xA0 ||
+         cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200D) || cp == 0x2028 ||
+         cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x2060 ||
+         cp == 0x3000 || cp == 0xFEFF || cp == 0x180E;
 }
 
 // Control characters other than tab and line breaks have no place in text
 // sent to the upstream (NUL truncates it in some stacks).
 bool IsForbiddenControl(int32_t cp) {
-  return (cp < 0x20 && cp != '\t' && cp != '\n' && cp != '\r') ||
-         cp == 0x7F || (cp >= 0x80 && cp < 0xA0);
+  return (cp < 0x20 && cp != '\t' && cp != '\n' && cp != '\r') || cp == 0x7F ||
+         (cp >= 0x80 && cp < 0xA0);
 }
 
 absl::Status ValidateText(const std::string& field, const std::string& text,
@@ -85,17 +87,18 @@ absl::Status ValidateText(const std::string& field, const std::string& text,
       return Invalid(absl::StrCat(field, " is not valid UTF-8"));
     }
     if (IsForbiddenControl(cp)) {
-      return Invalid(absl::StrCat(
-          field, " contains a control character (U+",
-          absl::Hex(cp, absl::kZeroPad4),
-          "); remove it: only tab and line breaks are allowed"));
+      return Invalid(
+          absl::StrCat(field, " contains a control character (U+",
+                       absl::Hex(cp, absl::kZeroPad4),
+                       "); remove it: only tab and line breaks are allowed"));
     }
     blank = blank && IsBlank(cp);
   }
   if (required && blank) {
-    return Invalid(absl::StrCat(
-        field, " is required: describe what the video should show (it is "
-               "empty or only whitespace)"));
+    return Invalid(
+        absl::StrCat(field,
+                     " is required: describe what the video should show (it is "
+                     "empty or only whitespace)"));
   }
   return absl::OkStatus();
 }
@@ -104,8 +107,8 @@ absl::Status ValidatePrompt(const v1::GenerateRequest& r) {
   if (absl::Status s = ValidateText("prompt", r.prompt(), true); !s.ok()) {
     return s;
   }
-  if (absl::Status s = ValidateText("negative_prompt", r.negative_prompt(),
-                                    false);
+  if (absl::Status s =
+          ValidateText("negative_prompt", r.negative_prompt(), false);
       !s.ok()) {
     return s;
   }
@@ -210,8 +213,8 @@ absl::Status Validator::ValidateAndDefault(v1::GenerateRequest& r) const {
                                 kMaxImageUrlChars, " characters"));
   }
   std::vector<v1::Generation::State> states;
-  if (absl::Status s = ValidateStates("webhook_states", r.webhook_states(),
-                                      &states);
+  if (absl::Status s =
+          ValidateStates("webhook_states", r.webhook_states(), &states);
       !s.ok()) {
     return s;
   }

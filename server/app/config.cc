@@ -143,7 +143,8 @@ absl::StatusOr<std::string> ReadApiKey() {
 
 absl::Status Check(const Config& c) {
   if (c.auth != "keys" && c.auth != "none") {
-    return Invalid(absl::StrCat("--auth=", c.auth, " is unknown; use keys or none"));
+    return Invalid(
+        absl::StrCat("--auth=", c.auth, " is unknown; use keys or none"));
   }
   if (c.auth == "none" && !c.allow_unauthenticated &&
       (!IsLoopbackAddress(c.listen) ||
@@ -166,7 +167,8 @@ absl::Status Check(const Config& c) {
     return Invalid("TLS needs both --tls_cert_file and --tls_key_file");
   }
   if (!c.tls_client_ca_file.empty() && c.tls_cert_file.empty()) {
-    return Invalid("--tls_client_ca_file needs --tls_cert_file and --tls_key_file");
+    return Invalid(
+        "--tls_client_ca_file needs --tls_cert_file and --tls_key_file");
   }
   if (c.mirror != "none" && c.mirror != "local" && c.mirror != "s3") {
     return Invalid(absl::StrCat("--mirror=", c.mirror,
@@ -181,7 +183,8 @@ absl::Status Check(const Config& c) {
   if (c.max_outstanding_submits < 1) {
     return Invalid("--max_outstanding_submits must be at least 1");
   }
-  if (c.stream_backlog < 1) return Invalid("--stream_backlog must be at least 1");
+  if (c.stream_backlog < 1)
+    return Invalid("--stream_backlog must be at least 1");
   return absl::OkStatus();
 }
 
@@ -193,23 +196,39 @@ bool IsLoopbackAddress(const std::string& address) {
   if (host.size() >= 2 && host.front() == '[') {
     host = host.substr(1, host.size() - 2);
   }
-  return host == "localhost" || host == "::1" ||
-         absl::StartsWith(host, "127.");
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
 }
 
 std::vector<char*> WithEnvFallbacks(int argc, char** argv,
                                     std::vector<std::string>& storage) {
-  static const char* kNames[] = {
-      "listen",       "http_listen",        "metrics_listen",
-      "store",        "data_dir",           "database_url",
-      "replica_id",   "retention",          "upstream_url",
-      "upstream_endpoint", "api_key_file",  "poll_initial_delay",
-      "poll_interval", "generation_deadline", "heartbeat_interval",
-      "drain_grace",  "log_format",         "models",
-      "tls_cert_file", "tls_key_file",      "tls_client_ca_file",
-      "auth",         "mirror",             "s3_endpoint",
-      "s3_bucket",    "s3_region",          "lease_duration",
-      "webhook_secret_file"};
+  static const char* kNames[] = {"listen",
+                                 "http_listen",
+                                 "metrics_listen",
+                                 "store",
+                                 "data_dir",
+                                 "database_url",
+                                 "replica_id",
+                                 "retention",
+                                 "upstream_url",
+                                 "upstream_endpoint",
+                                 "api_key_file",
+                                 "poll_initial_delay",
+                                 "poll_interval",
+                                 "generation_deadline",
+                                 "heartbeat_interval",
+                                 "drain_grace",
+                                 "log_format",
+                                 "models",
+                                 "tls_cert_file",
+                                 "tls_key_file",
+                                 "tls_client_ca_file",
+                                 "auth",
+                                 "mirror",
+                                 "s3_endpoint",
+                                 "s3_bucket",
+                                 "s3_region",
+                                 "lease_duration",
+                                 "webhook_secret_file"};
   storage.reserve(std::size(kNames));
   for (const char* name : kNames) {
     std::string env = absl::StrCat("VIDEOGEN_", absl::AsciiStrToUpper(name));

@@ -150,7 +150,8 @@ absl::Status Server::Impl::Start() {
   to.estimator = estimator_.get();
   to.mirror = mirror_.get();
   to.outbox_for = [](const v1::Generation& g) {
-    if (g.request().webhook_url().empty()) return std::vector<store::Delivery>{};
+    if (g.request().webhook_url().empty())
+      return std::vector<store::Delivery>{};
     v1::GenerationEvent event;
     event.set_type(v1::GenerationEvent::TYPE_UPDATE);
     *event.mutable_generation() = g;
@@ -158,20 +159,20 @@ absl::Status Server::Impl::Start() {
     return webhooks::DeliveriesFor(g, event);
   };
   to.on_outbox = [d = dispatcher_.get()] { d->Kick(); };
-  tracker_ = std::make_unique<core::Tracker>(
-      to, upstreams_.client.get(), store_.get(), &clock_);
+  tracker_ = std::make_unique<core::Tracker>(to, upstreams_.client.get(),
+                                             store_.get(), &clock_);
   if (absl::Status s = tracker_->Recover(); !s.ok()) return s;
   tracker_->Start();
-  absl::StatusOr<core::Subscription> log_sub = hub_->SubscribeAll(
-      core::Filter{}, std::make_shared<GenerationLogSink>());
+  absl::StatusOr<core::Subscription> log_sub =
+      hub_->SubscribeAll(core::Filter{}, std::make_shared<GenerationLogSink>());
   if (log_sub.ok()) log_sub_ = *log_sub;
 
   auth_ = NewAuthenticator(config_, store_.get(), &clock_);
   api::GatewayOptions go;
-  go.check_webhook_url = [insecure = config_.webhook_allow_insecure](
-                             const std::string& url) {
-    return webhooks::ValidateWebhookUrl(url, insecure);
-  };
+  go.check_webhook_url =
+      [insecure = config_.webhook_allow_insecure](const std::string& url) {
+        return webhooks::ValidateWebhookUrl(url, insecure);
+      };
   gateway_ = std::make_unique<api::GatewayImpl>(
       tracker_.get(), hub_.get(), store_.get(),
       api::Validator(config_.models.empty() ? api::DefaultModels()
@@ -181,8 +182,8 @@ absl::Status Server::Impl::Start() {
   limits.max_streams = config_.max_streams;
   limits.max_streams_per_tenant = config_.max_streams_per_tenant;
   limits.max_backlog = static_cast<size_t>(config_.stream_backlog);
-  registry_ = std::make_unique<api::StreamRegistry>(
-      config_.heartbeat_interval, limits);
+  registry_ =
+      std::make_unique<api::StreamRegistry>(config_.heartbeat_interval, limits);
   service_ = std::make_unique<api::VideoGenerationService>(
       gateway_.get(), auth_.get(), registry_.get());
 
@@ -192,8 +193,8 @@ absl::Status Server::Impl::Start() {
     RegisterCollectors(tracker_.get(), registry_.get(), store_.get(),
                        &mirror_stats_, media_store_.get());
   }
-  absl::StatusOr<std::unique_ptr<grpc::Server>> grpc = StartGrpc(
-      config_, service_.get(), metrics_on, &grpc_port_);
+  absl::StatusOr<std::unique_ptr<grpc::Server>> grpc =
+      StartGrpc(config_, service_.get(), metrics_on, &grpc_port_);
   if (!grpc.ok()) return grpc.status();
   grpc_ = *std::move(grpc);
   if (!config_.metrics_listen.empty()) {
@@ -280,7 +281,8 @@ void Server::Impl::Purge() {
   absl::StatusOr<std::vector<std::string>> purged =
       store_->PurgeTerminalBefore(absl::Now() - config_.retention);
   if (!purged.ok()) {
-    Log("warn", "purge_failed", {{"error", std::string(purged.status().message())}});
+    Log("warn", "purge_failed",
+        {{"error", std::string(purged.status().message())}});
     return;
   }
   for (const std::string& id : *purged) {
@@ -289,7 +291,8 @@ void Server::Impl::Purge() {
   if (!purged->empty()) Log("info", "purged", {{"count", purged->size()}});
 }
 
-Server::Server(Config config) : impl_(std::make_unique<Impl>(std::move(config))) {}
+Server::Server(Config config)
+    : impl_(std::make_unique<Impl>(std::move(config))) {}
 Server::~Server() = default;
 absl::Status Server::Start() { return impl_->Start(); }
 void Server::Drain() { impl_->Drain(); }

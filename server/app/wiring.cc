@@ -32,9 +32,9 @@ absl::StatusOr<std::string> ReadFile(const std::string& flag,
                                      const std::string& path) {
   std::ifstream in(path);
   if (!in) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot read --", flag, "=", path,
-        ": the file is missing or not readable by this user"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot read --", flag, "=", path,
+                     ": the file is missing or not readable by this user"));
   }
   std::stringstream s;
   s << in.rdbuf();
@@ -130,10 +130,10 @@ absl::StatusOr<Upstreams> StartUpstream(const Config& c) {
   opts.request_timeout = c.upstream_timeout;
   opts.on_attempt = [](const upstream::AttemptRecord& a) {
     api::Metrics& m = api::Metrics::Global();
-    const std::string endpoint =
-        a.kind == upstream::CallKind::kSubmit ? "submit"
-        : a.kind == upstream::CallKind::kPoll ? "poll"
-                                              : "logs";
+    const std::string endpoint = a.kind == upstream::CallKind::kSubmit
+                                     ? "submit"
+                                 : a.kind == upstream::CallKind::kPoll ? "poll"
+                                                                       : "logs";
     const std::string status_class =
         a.http_status == 0 ? "transport"
                            : absl::StrCat(a.http_status / 100, "xx");
@@ -279,8 +279,9 @@ std::unique_ptr<auth::Authenticator> NewAuthenticator(const Config& c,
     return auth::NewAllowAllAuthenticator();
   }
   Log("info", "auth_keys",
-      {{"message", "--auth=keys: every call needs authorization: Bearer KEY "
-                   "(videogen-server keys create --tenant=NAME)"}});
+      {{"message",
+        "--auth=keys: every call needs authorization: Bearer KEY "
+        "(videogen-server keys create --tenant=NAME)"}});
   return auth::NewKeyAuthenticator(store, clock);
 }
 
@@ -306,9 +307,9 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpc(
   }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || *port == 0) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot listen on ", c.listen,
-        ": the address is in use or not valid host:port"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", c.listen,
+                     ": the address is in use or not valid host:port"));
   }
   server->GetHealthCheckService()->SetServingStatus(kServiceName, true);
   return server;

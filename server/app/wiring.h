@@ -56,8 +56,8 @@ std::unique_ptr<auth::Authenticator> NewAuthenticator(const Config& config,
 // Builds and starts the gRPC server: TLS (and mTLS) with clear errors,
 // keepalive, message and stream limits, health, reflection when asked.
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpc(
-    const Config& config, api::VideoGenerationService* service,
-    bool metrics_on, int* port);
+    const Config& config, api::VideoGenerationService* service, bool metrics_on,
+    int* port);
 
 // Gauges read at scrape time.
 void RegisterCollectors(core::Tracker* tracker, api::StreamRegistry* registry,

@@ -27,8 +27,8 @@ class Estimator {
 };
 
 struct EstimatorOptions {
-  int window = 50;       // samples kept per (model, duration)
-  int min_samples = 3;   // fewer: documented timing, samples = 0
+  int window = 50;      // samples kept per (model, duration)
+  int min_samples = 3;  // fewer: documented timing, samples = 0
 };
 
 std::unique_ptr<Estimator> NewEstimator(store::Store* store,

@@ -179,7 +179,8 @@ absl::StatusOr<Subscription> FanoutHub::SubscribeAll(
   store::ListQuery query;
   query.tenant = filter.tenant;
   query.labels = filter.labels;
-  for (auto s : {v1::Generation::STATE_QUEUED, v1::Generation::STATE_GENERATING}) {
+  for (auto s :
+       {v1::Generation::STATE_QUEUED, v1::Generation::STATE_GENERATING}) {
     if (filter.states.empty() || filter.states.count(s) > 0) {
       query.states.push_back(s);
     }

@@ -80,7 +80,8 @@ class FanoutHub {
   uint64_t next_sub_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint64_t, Sub> subs_ ABSL_GUARDED_BY(mu_);
   // generation id -> subscription ids watching it.
-  absl::flat_hash_map<std::string, std::map<uint64_t, std::shared_ptr<EventSink>>>
+  absl::flat_hash_map<std::string,
+                      std::map<uint64_t, std::shared_ptr<EventSink>>>
       by_id_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, Sub> firehose_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;

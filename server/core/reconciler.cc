@@ -75,12 +75,12 @@ void Reconciler::Request() {
   const double rate = std::max(options_.rate_per_minute, 0.1);
   next_request_ = clock_->Now() + absl::Minutes(1) / rate;
   std::weak_ptr<Reconciler*> alive = alive_;
-  upstream_->ListLogs(query_, [alive, post = post_](
-                                  absl::StatusOr<upstream::LogPage> page) {
-    post([alive, page = std::move(page)]() mutable {
-      if (auto self = alive.lock()) (*self)->OnPage(std::move(page));
-    });
-  });
+  upstream_->ListLogs(
+      query_, [alive, post = post_](absl::StatusOr<upstream::LogPage> page) {
+        post([alive, page = std::move(page)]() mutable {
+          if (auto self = alive.lock()) (*self)->OnPage(std::move(page));
+        });
+      });
 }
 
 void Reconciler::OnPage(absl::StatusOr<upstream::LogPage> page) {

@@ -37,8 +37,8 @@ struct ReconcilerOptions {
 class Reconciler {
  public:
   using Post = std::function<void(std::function<void()>)>;
-  using Found = std::function<void(const std::string& id,
-                                   const upstream::LogRow& row)>;
+  using Found =
+      std::function<void(const std::string& id, const upstream::LogRow& row)>;
   using Expired = std::function<void(const std::string& id)>;
 
   Reconciler(ReconcilerOptions options, upstream::Upstream* upstream,

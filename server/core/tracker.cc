@@ -243,8 +243,8 @@ std::map<v1::Generation::State, int64_t> Tracker::Impl::CountByState() {
 
 void Tracker::Impl::Create(CreateRequest request, CreateCallback done) {
   auto shared_done = std::make_shared<CreateCallback>(std::move(done));
-  const bool posted = inbox_->Post(
-      [this, request = std::move(request), shared_done]() mutable {
+  const bool posted =
+      inbox_->Post([this, request = std::move(request), shared_done]() mutable {
         StartCreate(std::move(request), std::move(*shared_done));
       });
   if (!posted) (*shared_done)(Stopping());
@@ -321,9 +321,9 @@ void Tracker::Impl::JoinExisting(const store::Record& existing,
     return;
   }
   if (g.revision() > 0) {
-    util::Log("info", "generation_replayed",
-              {{"generation_id", g.id()},
-               {"request_id", request.request_id()}});
+    util::Log(
+        "info", "generation_replayed",
+        {{"generation_id", g.id()}, {"request_id", request.request_id()}});
     done(std::make_shared<const v1::Generation>(g));
     return;
   }
@@ -335,20 +335,20 @@ void Tracker::Impl::JoinExisting(const store::Record& existing,
         "retry with the same request_id"));
     return;
   }
-  PostAfter(clock_->Now() + kJoinRecheck,
-            [this, id = g.id(), request, done = std::move(done),
-             attempt]() mutable {
-              absl::StatusOr<std::optional<store::Record>> r = store_->Get(id);
-              if (!r.ok()) {
-                done(r.status());
-              } else if (!r->has_value()) {
-                done(absl::UnavailableError(
-                    "the first request with this request_id was refused by "
-                    "the upstream; retry to submit again"));
-              } else {
-                JoinExisting(**r, request, std::move(done), attempt + 1);
-              }
-            });
+  PostAfter(
+      clock_->Now() + kJoinRecheck,
+      [this, id = g.id(), request, done = std::move(done), attempt]() mutable {
+        absl::StatusOr<std::optional<store::Record>> r = store_->Get(id);
+        if (!r.ok()) {
+          done(r.status());
+        } else if (!r->has_value()) {
+          done(absl::UnavailableError(
+              "the first request with this request_id was refused by "
+              "the upstream; retry to submit again"));
+        } else {
+          JoinExisting(**r, request, std::move(done), attempt + 1);
+        }
+      });
 }
 
 // ---- Submit ----------------------------------------------------------------
@@ -379,8 +379,8 @@ void Tracker::Impl::PumpSubmits() {
     upstream_->Submit(
         ToSubmit(e->second.record.generation, e->second.traceparent),
         [this, inbox, id](std::shared_ptr<upstream::SubmitGate> gate) {
-          const bool posted = inbox->Post(
-              [this, id, gate] { OnGateOpen(id, gate); });
+          const bool posted =
+              inbox->Post([this, id, gate] { OnGateOpen(id, gate); });
           if (!posted) gate->Abandon();  // stopping: nothing leaves
           inbox->Wake();
         },
@@ -620,8 +620,8 @@ absl::StatusOr<GenerationPtr> Tracker::Impl::Cancel(const std::string& id,
 
 Tracker::Tracker(TrackerOptions options, upstream::Upstream* upstream,
                  store::Store* store, Clock* clock)
-    : impl_(std::make_unique<Impl>(std::move(options), upstream, store,
-                                   clock)) {}
+    : impl_(
+          std::make_unique<Impl>(std::move(options), upstream, store, clock)) {}
 Tracker::~Tracker() = default;
 absl::Status Tracker::Recover() { return impl_->Recover(); }
 void Tracker::Create(CreateRequest request, CreateCallback done) {

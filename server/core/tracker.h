@@ -55,8 +55,7 @@ struct TrackerOptions {
   // Webhook deliveries to write in the same transaction as a change (§8);
   // empty = none. `on_outbox` runs after such a write (wakes the
   // dispatcher). Both run on the tracker's thread and must not block.
-  std::function<std::vector<store::Delivery>(const v1::Generation&)>
-      outbox_for;
+  std::function<std::vector<store::Delivery>(const v1::Generation&)> outbox_for;
   std::function<void()> on_outbox;
   // Optional: estimates (§10) and result mirroring (§11). Not owned.
   Estimator* estimator = nullptr;

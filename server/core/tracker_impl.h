@@ -115,7 +115,8 @@ class Tracker::Impl {
   // entry is reloaded and `change` applied again to the fresh record.
   // `*evicted` is set when the entry is gone (terminal elsewhere, deleted or
   // leased away): the caller must not touch it then.
-  absl::Status Write(Entry& e, const std::function<void(store::Record&)>& change,
+  absl::Status Write(Entry& e,
+                     const std::function<void(store::Record&)>& change,
                      bool bump, bool* evicted);
   // Re-reads the entry after a conflict; evicts it when it is terminal, gone
   // or leased away. Returns false when evicted.

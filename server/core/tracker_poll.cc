@@ -73,8 +73,8 @@ bool Tracker::Impl::Reload(Entry& e) {
     return false;
   }
   store::Record& fresh = **r;
-  const bool leased_away = fresh.owner != options_.owner &&
-                           fresh.lease_until > clock_->Now();
+  const bool leased_away =
+      fresh.owner != options_.owner && fresh.lease_until > clock_->Now();
   if (fresh.generation.done() || leased_away) {
     if (leased_away) {
       util::Log("warn", "lease_lost",
@@ -189,14 +189,14 @@ void Tracker::Impl::RunDuePolls() {
     upstream::PollRequest request{e.record.generation.upstream_id(), id,
                                   e.traceparent};
     std::shared_ptr<Inbox> inbox = inbox_;
-    upstream_->Poll(std::move(request),
-                    [this, inbox, id, token = e.poll_token](
-                        absl::StatusOr<upstream::Snapshot> r) {
-                      inbox->Post([this, id, token, r = std::move(r)]() mutable {
-                        OnPolled(id, token, std::move(r));
-                      });
-                      inbox->Wake();
-                    });
+    upstream_->Poll(
+        std::move(request), [this, inbox, id, token = e.poll_token](
+                                absl::StatusOr<upstream::Snapshot> r) {
+          inbox->Post([this, id, token, r = std::move(r)]() mutable {
+            OnPolled(id, token, std::move(r));
+          });
+          inbox->Wake();
+        });
   }
 }
 
@@ -228,7 +228,8 @@ void Tracker::Impl::OnPolled(const std::string& id, uint64_t token,
     bool evicted = false;
     const upstream::Snapshot& snap = *r;
     absl::Status s = Write(
-        e, [&snap](store::Record& rec) { ApplySnapshot(snap, &rec.generation); },
+        e,
+        [&snap](store::Record& rec) { ApplySnapshot(snap, &rec.generation); },
         /*bump=*/true, &evicted);
     if (evicted) return;
     if (!s.ok()) {
@@ -281,9 +282,9 @@ void Tracker::Impl::OnMirrored(const std::string& id, v1::Generation completed,
     video.set_sha256(r->sha256);
   } else {
     video.set_mirror_error(std::string(r.status().message()));
-    util::Log("warn", "mirror_failed",
-              {{"generation_id", id},
-               {"error", std::string(r.status().message())}});
+    util::Log(
+        "warn", "mirror_failed",
+        {{"generation_id", id}, {"error", std::string(r.status().message())}});
   }
   bool evicted = false;
   absl::Status s = Write(

@@ -27,7 +27,9 @@ std::string Timestamp() {
 // process: a static destructor must not wait on a blocked stderr.
 class Writer {
  public:
-  Writer() { std::thread([this] { Loop(); }).detach(); }
+  Writer() {
+    std::thread([this] { Loop(); }).detach();
+  }
 
   void Push(std::string line) {
     absl::MutexLock lock(&mu_);
@@ -78,8 +80,9 @@ class Writer {
       std::string out;
       for (const std::string& line : batch) out += line;
       if (dropped > 0) {
-        out += "{\"level\":\"warn\",\"event\":\"log_lines_dropped\",\"count\":" +
-               std::to_string(dropped) + "}\n";
+        out +=
+            "{\"level\":\"warn\",\"event\":\"log_lines_dropped\",\"count\":" +
+            std::to_string(dropped) + "}\n";
       }
       WriteAll(out);
       absl::MutexLock lock(&mu_);

@@ -71,8 +71,8 @@ class FakeUpstream final : public upstream::Upstream {
   void Submit(upstream::SubmitRequest request,
               upstream::SubmitReadyCallback ready,
               upstream::SubmitCallback done) override {
-    auto gate = std::make_shared<Gate>(this, std::move(request),
-                                       std::move(done));
+    auto gate =
+        std::make_shared<Gate>(this, std::move(request), std::move(done));
     {
       absl::MutexLock lock(&mu_);
       ++submits_started_;

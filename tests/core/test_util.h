@@ -51,9 +51,10 @@ class TestStore final : public store::Store {
       std::string_view tenant, std::string_view request_id) override {
     return inner_.GetByRequestId(tenant, request_id);
   }
-  absl::StatusOr<std::vector<store::Record>> ClaimActive(
-      std::string_view owner, absl::Time now, absl::Time until,
-      int limit) override {
+  absl::StatusOr<std::vector<store::Record>> ClaimActive(std::string_view owner,
+                                                         absl::Time now,
+                                                         absl::Time until,
+                                                         int limit) override {
     return inner_.ClaimActive(owner, now, until, limit);
   }
   absl::StatusOr<std::vector<std::string>> RenewLeases(

@@ -381,7 +381,8 @@ TEST_F(TrackerTest, OneTenantsBurstDoesNotStarveAnother) {
   EXPECT_LE(quiet_position, 1);
 }
 
-// ---- Spend safety: unanswered submits -----------------------------------------
+// ---- Spend safety: unanswered submits
+// -----------------------------------------
 
 TEST_F(TrackerTest, AmbiguousSubmitIsNeverResentAndIsFoundInTheUsageLog) {
   upstream_.set_submit_result(Ambiguous());
@@ -495,8 +496,9 @@ TEST_F(TrackerTest, RecoveryResendsOnlyWhatNeverLeft) {
   // Three generations stopped in three submit phases.
   upstream_.HoldGates();
   for (int i = 0; i < 3; ++i) {
-    tracker_->Create(CreateRequest{Request("r" + std::to_string(i)), "", {}, {}},
-                     [](absl::StatusOr<GenerationPtr>) {});
+    tracker_->Create(
+        CreateRequest{Request("r" + std::to_string(i)), "", {}, {}},
+        [](absl::StatusOr<GenerationPtr>) {});
   }
   Drive();
   auto listed = store_.List(store::ListQuery{});
@@ -736,7 +738,8 @@ TEST_F(TrackerTest, ResumeHasNoDuplicatesOrGaps) {
   EXPECT_THAT(resumed->revisions(), ElementsAre(2, 3, 4));
 }
 
-TEST_F(TrackerTest, FirehoseFiltersByTenantStateAndLabelAndHidesSubmitsInFlight) {
+TEST_F(TrackerTest,
+       FirehoseFiltersByTenantStateAndLabelAndHidesSubmitsInFlight) {
   auto all = std::make_shared<RecordingSink>();
   ASSERT_TRUE(hub_.SubscribeAll(Filter{}, all).ok());
   auto tenant_a = std::make_shared<RecordingSink>();
@@ -998,8 +1001,7 @@ TEST(TrackerStressTest, ConcurrentClientsLoopHubAndUpstreamThread) {
     clients.emplace_back([&, c] {
       std::mt19937 rng(c);
       for (int i = 0; i < 40; ++i) {
-        const std::string rid =
-            i % 2 == 0 ? "shared-" + std::to_string(i) : "";
+        const std::string rid = i % 2 == 0 ? "shared-" + std::to_string(i) : "";
         absl::Notification done;
         std::string id;
         tracker.Create(CreateRequest{Request(rid), "", {}, {}},
