@@ -574,6 +574,68 @@ TEST_F(PostgresStoreTest, FeedCatchesUpAfterLosingItsConnection) {
   ASSERT_TRUE(Eventually([&] { return rec.Has("c3", 2); }));
 }
 
+// Watchers on one replica see every revision written by two others, once
+// and in order, across a feed reconnect in the middle of the writes (some
+// notifications are lost, the catch-up and the live path overlap).
+TEST_F(PostgresStoreTest, EveryRevisionOnceInOrderAcrossWritersAndAReconnect) {
+  PostgresOptions oa = Options("watch-a");
+  oa.feed_reconnect_min = absl::Milliseconds(10);
+  oa.feed_reconnect_max = absl::Milliseconds(50);
+  oa.feed_backstop_interval = absl::Milliseconds(300);
+  auto a = OpenOrDie(db_->url(), oa);
+  auto b = OpenOrDie(db_->url(), Options("b"));
+  auto c = OpenOrDie(db_->url(), Options("c"));
+  ASSERT_TRUE(a && b && c);
+  Recorder rec(a.get());
+  constexpr int kGenerations = 6, kWrites = 25;
+  std::vector<std::string> ids;
+  for (int i = 0; i < kGenerations; ++i) {
+    ids.push_back(absl::StrCat("w", i));
+    VG_ASSERT_OK(b->Insert(MakeRecord(ids.back()), {}, nullptr));
+  }
+  std::atomic<int> failures{0};
+  std::vector<std::thread> writers;
+  for (int t = 0; t < 4; ++t) {
+    writers.emplace_back([&, t] {
+      Store* store = t % 2 ? c.get() : b.get();
+      for (int k = 0; k < kWrites * kGenerations / 2; ++k) {
+        const std::string& id = ids[(k + t) % kGenerations];
+        absl::StatusOr<std::optional<Record>> got = store->Get(id);
+        if (!got.ok() || !got->has_value()) {
+          ++failures;
+          return;
+        }
+        Record r = **got;
+        ++r.version;
+        r.generation.set_revision(r.generation.revision() + 1);
+        const absl::Status s = store->Update(r, {});
+        if (!s.ok() && s.code() != absl::StatusCode::kAborted) {
+          ++failures;
+          return;
+        }
+      }
+    });
+  }
+  // Cut the feed off twice while the writers run.
+  for (int cut = 0; cut < 2; ++cut) {
+    ASSERT_TRUE(Eventually([&] { return a->feed_stats().connected; }));
+    absl::SleepFor(absl::Milliseconds(30));
+    db_->Query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+        "application_name = 'watch-a-feed' AND datname = current_database()");
+  }
+  for (auto& w : writers) w.join();
+  ASSERT_EQ(failures.load(), 0);
+  for (const std::string& id : ids) {
+    const int64_t last = (*a->Get(id))->generation.revision();
+    ASSERT_TRUE(Eventually([&] { return rec.Has(id, last); })) << id;
+    std::vector<int64_t> want;
+    for (int64_t r = 1; r <= last; ++r) want.push_back(r);
+    EXPECT_EQ(rec.Revisions(id), want) << id;
+  }
+  EXPECT_GE(a->feed_stats().connects, 2);
+}
+
 // A write that raises the revision without any NOTIFY (as if the
 // notification were lost) reaches the listener through the backstop poll.
 TEST_F(PostgresStoreTest, BackstopPollDeliversAnUnnotifiedChange) {

@@ -412,19 +412,23 @@ absl::Status PgChangeFeed::Session(PGconn* conn) {
   connected_.store(true);
   absl::Time next_scan = absl::Now() + options_.backstop_interval;
   while (!Stopping()) {
+    // Queries read whatever arrived meanwhile, notifications included:
+    // drain libpq's buffer before waiting on the socket again.
+    DrainNotifies(conn);
+    if (!notified_.empty()) {
+      if (absl::Status s = DeliverNotified(conn); !s.ok()) return s;
+      continue;
+    }
+    if (absl::Now() >= next_scan) {
+      if (absl::Status s = CatchUp(conn); !s.ok()) return s;
+      next_scan = absl::Now() + options_.backstop_interval;
+      continue;
+    }
     const Wait w = WaitFor(PQsocket(conn), false, next_scan);
     if (w == Wait::kStop) break;
     if (w == Wait::kReady && !PQconsumeInput(conn)) {
       return absl::UnavailableError(
           absl::StrCat("change feed lost PostgreSQL: ", PQerrorMessage(conn)));
-    }
-    DrainNotifies(conn);
-    if (!notified_.empty()) {
-      if (absl::Status s = DeliverNotified(conn); !s.ok()) return s;
-    }
-    if (absl::Now() >= next_scan) {
-      if (absl::Status s = CatchUp(conn); !s.ok()) return s;
-      next_scan = absl::Now() + options_.backstop_interval;
     }
   }
   return absl::OkStatus();
