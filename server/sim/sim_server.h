@@ -105,7 +105,9 @@ absl::StatusOr<FaultRule> ParseFaultRule(absl::string_view spec);
 // One row of the usage log (GET /v2/logs, design.md §1).
 struct UsageRow {
   absl::Time created;
-  std::string status = "succeeded";  // succeeded | failed
+  // succeeded | failed; a job that will end in `error` is logged failed
+  // from the start (its outcome is drawn when it is made).
+  std::string status = "succeeded";
   std::string origin = "api";
   std::string model;
   double cost_usd = 0;
@@ -146,9 +148,10 @@ struct SimStats {
 //   faults do not;
 // - every job has a usage-log row; GET /v2/logs pages through them, newest
 //   first, with the upstream's filters, 92-day window, lag and rate limit;
-// - every answer carries x-inference-id: the job's id on answers whose body
-//   names the job, a fresh per-request id otherwise (errors, 2xx without id);
-//   non-error JSON answers carry x-aimlapi-credits-used/-usd-spent;
+// - every create, poll and logs answer carries x-inference-id: the job's id
+//   on answers whose body names the job, a fresh per-request id otherwise
+//   (errors, 2xx without id); non-error JSON answers carry
+//   x-aimlapi-credits-used/-usd-spent;
 // - the video URL is http://<Host header>/files/<uuid>.mp4, with Range.
 // Thread-safe:
 // the server runs its own threads; every public method may be called from
