@@ -44,8 +44,9 @@ class ChangePublisher final : public ChangeFeed {
     listener_ = listener ? std::make_shared<const Listener>(std::move(listener))
                          : nullptr;
     if (drainer_ == std::this_thread::get_id()) return;
-    mu_.Await(absl::Condition(
-        +[](bool* calling) { return !*calling; }, &calling_));
+    // A CondVar rather than Await(Condition): the loop reads calling_ under
+    // mu_ where ThreadSanitizer's absl::Mutex shim can see it.
+    while (calling_) call_done_.Wait(&mu_);
   }
 
   // True when a listener is set: lets a store skip building a Change nobody
@@ -80,6 +81,7 @@ class ChangePublisher final : public ChangeFeed {
       (*listener)(change);
       mu_.Lock();
       calling_ = false;
+      call_done_.SignalAll();
     }
     draining_ = false;
     drainer_ = std::thread::id();
@@ -91,6 +93,7 @@ class ChangePublisher final : public ChangeFeed {
   std::deque<Change> queue_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool calling_ ABSL_GUARDED_BY(mu_) = false;
+  absl::CondVar call_done_;  // signalled when calling_ goes false
   std::thread::id drainer_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/message_differencer.h"
@@ -131,15 +132,15 @@ class FeedRecorder {
 
   // Waits (up to 10 s) until a change with `revision` of `id` arrived.
   bool WaitFor(const std::string& id, int64_t revision) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
     absl::MutexLock lock(&mu_);
-    auto arrived = [&]() {
-      mu_.AssertHeld();
+    for (bool timed_out = false;;) {
       for (const Change& c : changes_) {
         if (c.id == id && c.revision >= revision) return true;
       }
-      return false;
-    };
-    return mu_.AwaitWithTimeout(absl::Condition(&arrived), absl::Seconds(10));
+      if (timed_out) return false;
+      timed_out = arrived_.WaitWithDeadline(&mu_, deadline);
+    }
   }
 
   // The revisions announced for `id`, in arrival order.
@@ -170,6 +171,7 @@ class FeedRecorder {
                            (*now)->generation.revision() >= c.revision;
     absl::MutexLock lock(&mu_);
     changes_.push_back(c);
+    arrived_.SignalAll();
     if (!committed) {
       not_committed_.push_back(absl::StrCat(c.id, "@", c.revision));
     }
@@ -177,6 +179,7 @@ class FeedRecorder {
 
   Store* const store_;
   absl::Mutex mu_;
+  absl::CondVar arrived_;
   std::vector<Change> changes_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> not_committed_ ABSL_GUARDED_BY(mu_);
 };
