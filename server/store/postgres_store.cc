@@ -320,6 +320,12 @@ Delivery DeliveryFromRow(const Row& row) {
   return d;
 }
 
+absl::Status RequestIdTaken(const std::string& request_id,
+                            const std::string& owner) {
+  return absl::AlreadyExistsError(absl::StrCat(
+      "request_id \"", request_id, "\" already belongs to generation ", owner));
+}
+
 // BEGIN ... COMMIT on one connection; rolls back unless committed.
 class Transaction {
  public:
@@ -461,9 +467,7 @@ absl::Status PostgresStore::CheckAdmission(pg::Connection& conn,
     absl::StatusOr<std::optional<Record>> rec = OneRecord(e->get());
     if (!rec.ok()) return rec.status();
     if (existing != nullptr) *existing = std::move(*rec);
-    return absl::AlreadyExistsError(
-        absl::StrFormat("request_id %s already belongs to generation %s",
-                        g.request().request_id(), row.Text(0)));
+    return RequestIdTaken(g.request().request_id(), row.Text(0));
   }
   const std::string& tenant = g.tenant();
   const int64_t active = row.Int(1), recent = row.Int(2), used = row.Int(4);
@@ -509,16 +513,18 @@ absl::Status PostgresStore::InsertLocked(pg::Connection& conn,
   absl::StatusOr<pg::Result> r =
       conn.Run(kInsert, p, absl::StrCat("inserting generation ", g.id()));
   if (!r.ok()) {
-    if (absl::IsAlreadyExists(r.status()) && existing != nullptr) {
-      // The id itself is taken (the request_id conflict is DO NOTHING).
-      tx.Rollback();
+    if (!absl::IsAlreadyExists(r.status())) return r.status();
+    // The id itself is taken (the request_id conflict is DO NOTHING).
+    tx.Rollback();
+    if (existing != nullptr) {
       Params q;
       q.Text(g.id());
       if (absl::StatusOr<pg::Result> e = conn.Run(kGet, q, "reading"); e.ok()) {
         if (auto rec = OneRecord(e->get()); rec.ok()) *existing = *rec;
       }
     }
-    return r.status();
+    return absl::AlreadyExistsError(
+        absl::StrCat("generation ", g.id(), " already exists"));
   }
   if (pg::Rows(r->get()) == 1) return limited ? tx.Commit() : absl::OkStatus();
   // (tenant, request_id) is taken, by a create that committed meanwhile.
@@ -536,9 +542,7 @@ absl::Status PostgresStore::InsertLocked(pg::Connection& conn,
   }
   const std::string owner_id = (*rec)->generation.id();
   if (existing != nullptr) *existing = std::move(*rec);
-  return absl::AlreadyExistsError(
-      absl::StrFormat("request_id %s already belongs to generation %s",
-                      g.request().request_id(), owner_id));
+  return RequestIdTaken(g.request().request_id(), owner_id);
 }
 
 absl::Status PostgresStore::Insert(const Record& record,
