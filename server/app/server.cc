@@ -114,7 +114,28 @@ class Server::Impl {
   std::unique_ptr<http::HttpServer> http_;
   core::Subscription log_sub_;
   int grpc_port_ = 0;
+  // Readiness follows the shared database (design.md §6): a replica that
+  // cannot reach it says NOT_SERVING so the mesh sends calls elsewhere.
+  std::thread readiness_;
+  absl::Notification stop_readiness_;
+
+  void WatchReadiness();
 };
+
+void Server::Impl::WatchReadiness() {
+  bool serving = true;
+  while (!stop_readiness_.WaitForNotificationWithTimeout(absl::Seconds(5))) {
+    const absl::Status s = store_->CheckIntegrity();
+    if (s.ok() == serving) continue;
+    serving = s.ok();
+    // The named service only: the liveness probe ("") must not restart a
+    // pod because its database is away.
+    grpc_->GetHealthCheckService()->SetServingStatus(
+        "videogen.v1.VideoGeneration", serving);
+    Log(serving ? "info" : "error", "readiness_changed",
+        {{"serving", serving}, {"error", std::string(s.message())}});
+  }
+}
 
 absl::Status Server::Impl::Start() {
   api::SetLogFormat(config_.log_format == "text" ? api::LogFormat::kText
@@ -216,6 +237,9 @@ absl::Status Server::Impl::Start() {
     if (absl::Status s = http_->Start(); !s.ok()) return s;
     Log("info", "http_listening", {{"port", http_->port()}});
   }
+  if (config_.store == "postgres") {
+    readiness_ = std::thread([this] { WatchReadiness(); });
+  }
   started_ = true;
   std::string host = config_.listen.substr(0, config_.listen.rfind(':'));
   Log("info", "server_listening",
@@ -235,6 +259,10 @@ void Server::Impl::Drain() {
   const absl::Time deadline = absl::Now() + grace;
   Log("info", "drain_started",
       {{"grace_ms", absl::ToInt64Milliseconds(grace)}});
+  if (readiness_.joinable()) {
+    stop_readiness_.Notify();
+    readiness_.join();
+  }
   if (grpc_ != nullptr) grpc_->GetHealthCheckService()->SetServingStatus(false);
   if (registry_ != nullptr) registry_->Drain();  // watchers resume elsewhere
   if (http_ != nullptr) http_->Drain();
