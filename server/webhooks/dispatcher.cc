@@ -39,10 +39,19 @@ void GlobalInit() {
 constexpr absl::Duration kLeaseMargin = absl::Seconds(5);
 // Idle hosts remembered (for their latency) before they are forgotten.
 constexpr size_t kMaxIdleHosts = 1024;
-// A busy host keeps at most this many rounds of its slots waiting here.
-constexpr int64_t kMaxQueuedRounds = 4;
 // Claimed deliveries waiting for a slot, at most, per max_in_flight.
 constexpr int kWaitingPerSlot = 8;
+// One host's share of those, at most, so that a few hosts' backlogs never
+// stop the other hosts' deliveries from being claimed.
+constexpr int kHostShareDivisor = 4;
+// How long one host's waiting deliveries may take to start, judged by its
+// latency: long enough that a fast host's burst is held here rather than
+// handed back and forth through the store, short enough that a slow host
+// holds few (and the rest of the outbox stays claimable).
+constexpr absl::Duration kMaxDrain = absl::Seconds(2);
+// The latency assumed for a host until its first answer. A guess, not a
+// promise: the lease safety net in Admit covers a wrong one.
+constexpr absl::Duration kInitialLatency = absl::Milliseconds(100);
 
 // A claimed delivery and the host whose slots it needs.
 struct Claimed {
@@ -55,9 +64,9 @@ struct Claimed {
 struct HostState {
   int running = 0;
   int waiting = 0;
-  // Smoothed attempt latency. Starts at the timeout (pessimistic), so a new
-  // host gets a short local queue until it has shown it answers fast.
+  // Smoothed attempt latency (kInitialLatency until it has answered).
   absl::Duration latency;
+  bool answered = false;
 };
 
 // One attempt handed to curl. Owned by the loop's running_ map.
@@ -255,7 +264,12 @@ class Dispatcher::Loop {
   std::set<int64_t> held_;  // seqs waiting or running
   std::mt19937_64 rng_;
   absl::Time next_claim_ = absl::InfinitePast();
-  bool more_due_ = false;  // the last claim filled its limit
+  // The last claim filled its limit: the outbox may hold more that is due.
+  bool backlog_ = false;
+  // Claim again without waiting for the poll: set by a full claim that
+  // handed nothing back, or by a finished attempt while backlog_; cleared
+  // while deliveries wait here.
+  bool claim_again_ = false;
 
   std::thread thread_;
 };
@@ -324,7 +338,7 @@ void Dispatcher::Loop::Run() {
   bool kicked = false;
   while (TakeSignals(&kicked)) {
     absl::Time now = absl::Now();
-    if (kicked || now >= next_claim_ || (more_due_ && ClaimLimit() > 0)) {
+    if (kicked || now >= next_claim_ || (claim_again_ && ClaimLimit() > 0)) {
       Claim(now);
     }
     Admit(now);
@@ -340,7 +354,7 @@ void Dispatcher::Loop::Run() {
 }
 
 int Dispatcher::Loop::WaitMs(absl::Time now) const {
-  if (more_due_ && ClaimLimit() > 0) return 0;
+  if (claim_again_ && ClaimLimit() > 0) return 0;
   absl::Duration wait = std::min(absl::Seconds(1), next_claim_ - now);
   wait = std::max(wait, absl::ZeroDuration());
   return static_cast<int>(
@@ -363,11 +377,11 @@ void Dispatcher::Loop::Claim(absl::Time now) {
   absl::StatusOr<std::vector<store::Delivery>> claimed =
       store_->ClaimDeliveries(options_.owner, now, until, limit);
   if (!claimed.ok()) {
-    more_due_ = false;
+    backlog_ = claim_again_ = false;
     StoreError("ClaimDeliveries", claimed.status());
     return;
   }
-  int kept = 0;
+  int handed_back = 0;
   for (store::Delivery& d : *claimed) {
     // Ours already: its lease lapsed while it waited here. Keep one copy.
     if (held_.count(d.seq) != 0) continue;
@@ -378,13 +392,14 @@ void Dispatcher::Loop::Claim(absl::Time now) {
     c.delivery = std::move(d);
     c.lease_until = until;
     HostState& host = Host(c.host);
-    // A host keeps only as many deliveries waiting here as its slots can
-    // start within the lease; the rest go back to the outbox for a moment,
-    // so a slow receiver's backlog never takes the slots others need.
+    // A host keeps only as many deliveries waiting here as its slots start
+    // within kMaxDrain; the rest go back to the outbox for a moment, so a
+    // slow receiver's backlog never takes the room others need.
     if (!c.host.empty() && host.waiting >= WaitingCap(host)) {
       absl::Status s = store_->RetryDelivery(
           c.delivery.seq, c.delivery.attempts, now + options_.host_busy_defer);
       if (!s.ok()) StoreError("RetryDelivery", s);
+      ++handed_back;
       continue;
     }
     ++host.waiting;
@@ -392,28 +407,33 @@ void Dispatcher::Loop::Claim(absl::Time now) {
     held_.insert(c.delivery.seq);
     waiting_.push_back(std::move(c));
     ++waiting_count_;
-    ++kept;
   }
-  // Claim again at once only while that makes progress; a claim that only
-  // handed deliveries back waits for the next poll (or a Kick).
-  more_due_ = static_cast<int>(claimed->size()) >= limit && kept > 0;
+  // Claim again at once while the outbox has more and claiming makes
+  // progress. After handing some back, the next claim waits for an attempt
+  // to finish (its host's latency is better known then) or for the poll.
+  backlog_ = static_cast<int>(claimed->size()) >= limit;
+  claim_again_ = backlog_ && handed_back == 0;
 }
 
 HostState& Dispatcher::Loop::Host(const std::string& host) {
   auto [it, inserted] = hosts_.try_emplace(host);
-  if (inserted) it->second.latency = options_.timeout;
+  if (inserted) {
+    it->second.latency = std::min(kInitialLatency, options_.timeout);
+  }
   return it->second;
 }
 
 int Dispatcher::Loop::WaitingCap(const HostState& host) const {
-  // Each slot starts the next waiting delivery about once per `latency`, so
-  // `rounds` slots-full start before the lease runs short.
-  const absl::Duration usable =
-      options_.lease - options_.timeout - 2 * kLeaseMargin;
+  // Each slot starts the next waiting delivery about once per `latency`.
+  const absl::Duration drain =
+      std::min(kMaxDrain, options_.lease - options_.timeout - 2 * kLeaseMargin);
   const int64_t rounds =
-      usable / std::max(host.latency, absl::Milliseconds(10));
-  return static_cast<int>(options_.max_per_host *
-                          std::clamp<int64_t>(rounds, 1, kMaxQueuedRounds));
+      drain / std::max(host.latency, absl::Microseconds(100));
+  const int64_t cap = options_.max_per_host * std::max<int64_t>(rounds, 1);
+  const int share =
+      kWaitingPerSlot * options_.max_in_flight / kHostShareDivisor;
+  return static_cast<int>(
+      std::min<int64_t>(cap, std::max(options_.max_per_host, share)));
 }
 
 void Dispatcher::Loop::Admit(absl::Time now) {
@@ -452,6 +472,9 @@ void Dispatcher::Loop::Admit(absl::Time now) {
   }
   for (const Claimed& c : late) HandBack(c, now);
   for (Claimed& c : start) StartAttempt(std::move(c), now);
+  // Claiming more while some wait would only queue more here (or hand them
+  // back): the next claim waits for a finished attempt or the poll.
+  if (!waiting_.empty()) claim_again_ = false;
 }
 
 void Dispatcher::Loop::HandBack(const Claimed& claimed,
@@ -583,7 +606,11 @@ void Dispatcher::Loop::ReadDone() {
     const absl::Time now = absl::Now();
     HostState& host = Host(attempt->claimed.host);
     --host.running;
-    host.latency = host.latency * 0.7 + (now - attempt->start) * 0.3;
+    // The first answer replaces the initial guess; later ones are smoothed.
+    const absl::Duration took = now - attempt->start;
+    host.latency = host.answered ? host.latency * 0.7 + took * 0.3 : took;
+    host.answered = true;
+    if (backlog_) claim_again_ = true;  // a slot is free, and more is due
     Outcome o = Classify(*attempt, result, http, options_.timeout);
     o.retry_after = absl::Seconds(std::max<curl_off_t>(0, retry_after));
     Conclude(attempt->claimed, o, attempt->start, now);

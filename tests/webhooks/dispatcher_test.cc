@@ -426,9 +426,12 @@ TEST_F(DispatcherTest, PerHostBoundAndASlowHostDoesNotHoldUpOthers) {
   DispatcherOptions o = Options();
   o.max_per_host = 2;
   o.max_in_flight = 4;
+  o.timeout = absl::Seconds(60);  // the slow host never times out here
   auto dispatcher = Start(std::move(o));
-  // The slow host's backlog is older and larger than all the slots.
-  constexpr int kSlow = 12;
+  // The slow host's backlog is older than the fast host's deliveries and
+  // larger than what one host may keep waiting here (a quarter of 8 per
+  // slot).
+  constexpr int kSlow = 40;
   for (int i = 0; i < kSlow; ++i) {
     Enqueue(absl::StrCat("slow-", i), 1, slow.Url("/s"));
   }
