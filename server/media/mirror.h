@@ -13,8 +13,8 @@ namespace videogen::media {
 struct MirrorJob {
   std::string generation_id;
   std::string tenant;
-  std::string url;                   // the upstream's URL
-  int64_t expected_size = 0;         // 0 = unknown
+  std::string url;                    // the upstream's URL
+  int64_t expected_size = 0;          // 0 = unknown
   std::string expected_content_type;  // "" = unknown
 };
 
