@@ -34,6 +34,18 @@ bool IsLabelKey(const std::string& key) {
   return true;
 }
 
+// At most `max_chars` bytes of caller text, control characters replaced, so
+// an error message never echoes a huge or terminal-hostile value.
+std::string Printable(const std::string& text, size_t max_chars) {
+  std::string out;
+  for (char c : text.substr(0, max_chars)) {
+    const auto u = static_cast<unsigned char>(c);
+    out += (u < 0x20 || u == 0x7F) ? '?' : c;
+  }
+  if (text.size() > max_chars) out += "...";
+  return out;
+}
+
 absl::Status Invalid(absl::string_view message) {
   return absl::InvalidArgumentError(message);
 }
@@ -128,7 +140,7 @@ absl::Status ValidateShape(v1::GenerateRequest& r) {
   if (r.aspect_ratio().empty()) r.set_aspect_ratio("16:9");
   const std::string& ar = r.aspect_ratio();
   if (ar != "16:9" && ar != "9:16" && ar != "1:1") {
-    return Invalid(absl::StrCat("aspect_ratio \"", ar,
+    return Invalid(absl::StrCat("aspect_ratio \"", Printable(ar, 20),
                                 "\" is not supported; use 16:9, 9:16 or 1:1"));
   }
   if (r.duration_seconds() == 0) r.set_duration_seconds(5);
@@ -166,12 +178,13 @@ absl::Status ValidateLabels(
   for (const auto& [key, value] : labels) {
     if (!IsLabelKey(key)) {
       return Invalid(absl::StrCat(
-          "label key \"", key.substr(0, 80), "\" is invalid: use 1-",
+          "label key \"", Printable(key, 80), "\" is invalid: use 1-",
           kMaxLabelChars, " characters of [a-z0-9_-] starting with a letter"));
     }
     if (CountChars(value) > kMaxLabelChars) {
       return Invalid(
-          absl::StrCat("label \"", key, "\" value has ", CountChars(value),
+          absl::StrCat("label \"", Printable(key, 80), "\" value has ",
+                       CountChars(value),
                        " characters; the limit is ", kMaxLabelChars));
     }
   }
@@ -252,7 +265,7 @@ absl::Status Validator::ValidateStates(
 absl::Status Validator::ValidateModel(const v1::GenerateRequest& r) const {
   if (models_.count(r.model()) == 0) {
     return Invalid(
-        absl::StrCat("model \"", r.model().substr(0, 120),
+        absl::StrCat("model \"", Printable(r.model(), 120),
                      "\" is not supported; use one of: ", models_text_));
   }
   const bool image_model = absl::StrContains(r.model(), "image-to-video");

@@ -247,9 +247,12 @@ absl::StatusOr<LogPage> ParseLogPage(absl::string_view body,
       const std::string text = absl::AsciiStrToLower(AsString(more));
       page.has_more = text == "true" || text == "1";
     } else {
+      // Compared without adding: the upstream's numbers may be anything,
+      // and offset + rows must not overflow.
       const int64_t offset = AsInt64(Field(*pagination, "offset"));
-      page.has_more =
-          offset + static_cast<int64_t>(page.rows.size()) < page.total;
+      const int64_t rows = static_cast<int64_t>(page.rows.size());
+      page.has_more = offset >= 0 && page.total > rows &&
+                      offset < page.total - rows;
     }
   } else {
     page.total = static_cast<int64_t>(page.rows.size());
