@@ -8,6 +8,7 @@
 #   demo   build + server with the simulated upstream + one streamed generation
 #   serve  build + videogen-server in the foreground (extra args passed through)
 #   bench  build + the benchmark suite (writes build/bench/results.md)
+#   fuzz   the libFuzzer targets, FUZZ_SECONDS each (default 600), clang build
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +24,9 @@ APT_PACKAGES=(
   wrk yamllint python3-yaml prometheus tmux bsdutils procps openssl
   libboost-dev libssl-dev golang-github-gogo-googleapis-dev
   libpq-dev postgresql-15 nginx
+  clang libclang-rt-14-dev python3-botocore
+  golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev
+  golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
 )
 
 log() { printf '\033[1m[dev]\033[0m %s\n' "$*" >&2; }
@@ -76,6 +80,13 @@ cmd_test() {
   export VIDEOGEN_TEST_DATABASE_URL
   # shellcheck disable=SC2086
   (cd "$BUILD_DIR" && ctest --output-on-failure --timeout 600 -j "$(nproc)" ${CTEST_ARGS:-})
+  [ -n "${CTEST_ARGS:-}" ] && return
+  # The fuzz targets, built with clang, replay their corpus and fuzz briefly.
+  local fuzz_dir="$ROOT/build-fuzz"
+  cmake -S "$ROOT" -B "$fuzz_dir" -G Ninja -DCMAKE_CXX_COMPILER=clang++ \
+        -DVIDEOGEN_FUZZ=ON >/dev/null
+  cmake --build "$fuzz_dir" --target fuzz_targets --parallel "$(nproc)"
+  (cd "$fuzz_dir" && ctest -L fuzz --output-on-failure)
 }
 
 cmd_demo() {
@@ -103,6 +114,7 @@ main() {
     demo) cmd_demo ;;
     serve) cmd_serve "$@" ;;
     bench) cmd_bench "$@" ;;
+    fuzz) cmd_deps; exec "$ROOT/scripts/fuzz.sh" ;;
     *)
       sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       [ -z "$sub" ] || { echo "unknown subcommand: $sub" >&2; }

@@ -11,6 +11,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "server/api/log.h"
 #include "server/api/metrics.h"
+#include "server/util/proto_time.h"
 #include "server/store/memory_store.h"
 #include "server/store/postgres_store.h"
 #include "server/store/sqlite_store.h"
@@ -338,6 +339,10 @@ void RegisterCollectors(core::Tracker* tracker, api::StreamRegistry* registry,
              "Bytes of video copied into the media store.");
   m.Describe("videogen_mirror_failures_total", T::kCounter,
              "Mirror copies that failed after retries, by reason.");
+  m.Describe("videogen_generation_duration_seconds", T::kHistogram,
+             "From create to COMPLETED, by model and clip duration.",
+             {30, 60, 120, 240, 300, 360, 420, 540, 660, 780, 900, 1200,
+              1800});
   m.Describe("videogen_media_store_bytes", T::kGauge,
              "Bytes held by the media store (local store only).");
   m.AddCollector([tracker, registry, store, mirror_stats,
@@ -391,6 +396,15 @@ void GenerationLogSink::OnEvent(core::EventPtr event) {
     api::Metrics::Global().Add("videogen_tenant_credits_used_total",
                                {{"tenant", api::TenantLabel(g.tenant())}},
                                static_cast<double>(g.usage().credits_used()));
+  }
+  if (g.state() == v1::Generation::STATE_COMPLETED) {
+    // The run times the estimator learns from, for dashboards (§10).
+    api::Metrics::Global().Observe(
+        "videogen_generation_duration_seconds",
+        {{"model", g.request().model()},
+         {"duration", std::to_string(g.request().duration_seconds())}},
+        absl::ToDoubleSeconds(util::FromTimestamp(g.update_time()) -
+                              util::FromTimestamp(g.create_time())));
   }
   if (g.revision() == 1) {
     api::Metrics& m = api::Metrics::Global();
