@@ -64,17 +64,20 @@ struct DispatcherOptions {
   // A Retry-After longer than the schedule's delay wins, up to this.
   absl::Duration max_retry_after = absl::Hours(24);
   absl::Duration timeout = absl::Seconds(15);  // per attempt, connect included
-  // How long a claimed delivery is ours. Must cover waiting for a slot (at
-  // most about one `timeout`) plus the attempt; Create() raises it to
+  // How long a claimed delivery is ours. An attempt starts only if it can
+  // end (timeout included) 5 s before the lease does; a delivery that waited
+  // too long for a slot is handed back unattempted. Create() raises it to
   // 2 * timeout + 10 s if shorter.
   absl::Duration lease = absl::Seconds(60);
   // How often the outbox is read when nobody calls Kick().
   absl::Duration poll_interval = absl::Seconds(1);
   int max_in_flight = 64;  // attempts at once, in total
   int max_per_host = 4;    // attempts at once per destination host
-  // A claimed delivery whose host is at max_per_host with as many already
-  // waiting is handed back, due again after this, so a slow receiver's
-  // backlog never occupies the slots other receivers need.
+  // Claimed deliveries wait here for their host's slots only as long as
+  // that host's measured latency says they start within about 2 s (and at
+  // most a quarter of the 8 * max_in_flight waiting room per host). The
+  // rest are handed back, due again after this, so a slow receiver's
+  // backlog never takes the room other receivers' deliveries need.
   absl::Duration host_busy_defer = absl::Seconds(2);
   std::string user_agent = "videogen";
   uint64_t seed = 0;  // jitter seed; 0 = random
@@ -100,6 +103,14 @@ struct DispatcherStats {
 // that touches curl handles. Kick(), stats() and Stop() may be called from
 // any thread. One delivery of a generation is attempted at a time (so its
 // webhook_status is written by one attempt at a time on this replica).
+// Store calls are synchronous on that thread: three per attempt (finish or
+// retry, read and write the webhook_status), so a slow store (fsync) slows
+// every transfer, and SQLite with sync=full bounds a burst at about 80
+// deliveries/s on the test machine (tests/webhooks/webhooks_bench.cc).
+//
+// webhook_status.settled is true when this attempt ended its delivery and
+// this replica holds no other delivery of the generation; a later event's
+// first attempt sets it false again.
 class Dispatcher {
  public:
   // Starts the thread. INVALID_ARGUMENT for an empty owner, a missing
