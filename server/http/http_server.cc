@@ -309,6 +309,28 @@ class HttpServer::Core : public std::enable_shared_from_this<Core> {
     absl::MutexLock lock(&mu_);
     streams_.erase(id);
   }
+  // Counts a subscribed stream against its tenant's share.
+  absl::Status AcquireTenant(const std::string& tenant) {
+    if (options.max_streams_per_tenant <= 0) return absl::OkStatus();
+    absl::MutexLock lock(&mu_);
+    int64_t& mine = per_tenant_[tenant];
+    if (mine >= options.max_streams_per_tenant) {
+      if (mine == 0) per_tenant_.erase(tenant);
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "tenant \"", tenant, "\" holds its limit of ",
+          options.max_streams_per_tenant,
+          " open streams on this server; close some (one "
+          "/v1/generations:watch stream covers many generations)"));
+    }
+    ++mine;
+    return absl::OkStatus();
+  }
+  void ReleaseTenant(const std::string& tenant) {
+    if (options.max_streams_per_tenant <= 0) return;
+    absl::MutexLock lock(&mu_);
+    auto it = per_tenant_.find(tenant);
+    if (it != per_tenant_.end() && --it->second <= 0) per_tenant_.erase(it);
+  }
   int64_t open_streams() {
     absl::MutexLock lock(&mu_);
     return static_cast<int64_t>(streams_.size());
@@ -359,6 +381,7 @@ class HttpServer::Core : public std::enable_shared_from_this<Core> {
   absl::flat_hash_map<uint64_t, std::shared_ptr<HttpSession>> parked_
       ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, StreamEntry> streams_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, int64_t> per_tenant_ ABSL_GUARDED_BY(mu_);
 };
 
 namespace {
@@ -450,9 +473,16 @@ Reply ServeMedia(Core& core, const ApiCall& call, const auth::Principal& who) {
   return Reply{nullptr, std::move(res)};
 }
 
+// JSON, or no type, or curl's default for -d (form-urlencoded), which people
+// send by accident with JSON inside. Auth is a header, so a cross-site form
+// cannot forge a request whatever the type.
 bool IsJsonContentType(std::string_view content_type) {
   std::string lower = absl::AsciiStrToLower(Av(content_type));
-  return lower.empty() || absl::StartsWith(lower, "application/json");
+  std::string type = lower.substr(0, lower.find(';'));
+  type = std::string(absl::StripAsciiWhitespace(type));
+  return type.empty() || type == "application/json" ||
+         absl::EndsWith(type, "+json") ||
+         type == "application/x-www-form-urlencoded";
 }
 
 void RunApiCall(Core& core, const ApiCall& call, const Respond& respond) {
@@ -593,25 +623,41 @@ class SseStream : public std::enable_shared_from_this<SseStream> {
     absl::StatusOr<core::Subscription> sub;
     absl::StatusOr<auth::Principal> who =
         core_->authenticator->Authenticate(params_.authorization);
+    std::optional<std::string> tenant;  // set while it holds a tenant slot
     if (!who.ok()) {
       sub = who.status();
-    } else if (params_.single) {
-      sub = core_->gateway->Watch(*who, params_.id, params_.after_revision,
-                                  sink_);
+    } else if (absl::Status s = core_->AcquireTenant(who->tenant); !s.ok()) {
+      sub = s;
     } else {
-      sub = core_->gateway->WatchAll(*who, params_.all, sink_);
+      tenant = who->tenant;
+      if (params_.single) {
+        sub = core_->gateway->Watch(*who, params_.id, params_.after_revision,
+                                    sink_);
+      } else {
+        sub = core_->gateway->WatchAll(*who, params_.all, sink_);
+      }
+    }
+    if (tenant.has_value() && !sub.ok()) {
+      core_->ReleaseTenant(*tenant);
+      tenant.reset();
     }
     if (sub.ok() && sub->id != 0 && !sink_->AttachSubscription(sub->id)) {
       core_->gateway->Unwatch(sub->id);  // the stream closed meanwhile
+      if (tenant.has_value()) core_->ReleaseTenant(*tenant);
       return;
     }
-    net::post(ex_, [self = shared_from_this(), sub = std::move(sub)] {
+    net::post(ex_, [self = shared_from_this(), sub = std::move(sub),
+                    tenant = std::move(tenant)] {
+      self->tenant_ = tenant;
       self->OnSubscribed(sub);
     });
   }
 
   void OnSubscribed(const absl::StatusOr<core::Subscription>& sub) {
-    if (closed_) return;  // Close() or the worker unsubscribed
+    if (closed_) {  // Close() or the worker unsubscribed
+      ReleaseTenant();
+      return;
+    }
     if (!sub.ok() || end_status_.has_value()) {
       sink_->Close();
       core_->UnwatchLater(sink_->TakeSubscription());
@@ -775,12 +821,19 @@ class SseStream : public std::enable_shared_from_this<SseStream> {
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
     stream_.socket().close(ec);
     if (registered_) core_->RemoveStream(id_);
+    ReleaseTenant();
     LogRequest(*core_, params_.method, params_.kind, status_, params_.start);
+  }
+
+  void ReleaseTenant() {
+    if (tenant_.has_value()) core_->ReleaseTenant(*tenant_);
+    tenant_.reset();
   }
 
   const std::shared_ptr<Core> core_;
   beast::tcp_stream stream_;
-  const net::any_io_executor ex_;  // the connection's strand
+  const net::any_io_executor ex_;      // the connection's strand
+  std::optional<std::string> tenant_;  // the tenant slot this stream holds
   const Params params_;
   net::steady_timer timer_;
   std::shared_ptr<StreamSink> sink_;

@@ -36,6 +36,9 @@ struct HttpServerOptions {
   int worker_threads = 4;
   // Open SSE streams at most; past it a watch answers 503 UNAVAILABLE.
   int max_streams = 10000;
+  // Open SSE streams of one tenant at most (0 = no limit); past it a watch
+  // answers 429 RESOURCE_EXHAUSTED, as the gRPC streams do.
+  int64_t max_streams_per_tenant = 0;
   // A comment line on every stream idle for this long.
   absl::Duration heartbeat_interval = absl::Seconds(15);
   // Largest request body (POST /v1/generations); past it 413.

@@ -66,12 +66,13 @@ elif [ -n "${VIDEOGEN_SERVER:-}" ]; then
   "$VIDEOGEN_SERVER" --simulate --store=sqlite --data_dir="$DATA" \
     --listen="127.0.0.1:$GRPC_PORT" --http_listen="127.0.0.1:$HTTP_PORT" \
     --poll_initial_delay=200ms --poll_interval=300ms \
-    --sim_queued_for=1s --sim_generating_for=2s ${VIDEOGEN_SERVER_ARGS:-} \
+    --sim_queued_for=2s --sim_generating_for=2s ${VIDEOGEN_SERVER_ARGS:-} \
     >"$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   BASE="http://127.0.0.1:$HTTP_PORT"
 elif [ -n "${VIDEOGEN_HTTP_FAKE_SERVER:-}" ]; then
-  "$VIDEOGEN_HTTP_FAKE_SERVER" --http_listen=127.0.0.1:0 >"$WORK/server.log" 2>&1 &
+  "$VIDEOGEN_HTTP_FAKE_SERVER" --http_listen=127.0.0.1:0 --queued_for_ms=2000 \
+    --generating_for_ms=2000 >"$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 100); do
     grep -q 'HTTP listening on' "$WORK/server.log" 2>/dev/null && break
@@ -122,6 +123,9 @@ STATUS="$(req POST /v1/generations -H "$AUTH" -H 'Content-Type: application/json
   -d "{\"prompt\":\"a lighthouse at dusk\",\"durationSeconds\":5,\"labels\":{\"run\":\"r$RUN\",\"kind\":\"watch\"},\"requestId\":\"curl-$RUN-1\"}")"
 check "create answers 200" eq "$STATUS" 200
 ID1="$(json "$WORK/body" 'j["id"]')"
+# Watch at once (in the background), so the stream starts at revision 1.
+timeout 60 curl -sS -N "$BASE/v1/generations/$ID1:watch" -H "$AUTH" >"$WORK/watch.txt" &
+WATCH_PID=$!
 check "create returns a QUEUED generation" eq "$(json "$WORK/body" 'j["state"]')" STATE_QUEUED
 check "create returns revision 1" eq "$(json "$WORK/body" 'j["revision"]')" 1
 req POST /v1/generations -H "$AUTH" -H 'Content-Type: application/json' \
@@ -131,7 +135,7 @@ STATUS="$(req GET "/v1/generations/$ID1" -H "$AUTH")"
 check "get answers 200 with the id" eq "$STATUS:$(json "$WORK/body" 'j["id"]')" "200:$ID1"
 
 # --- watch: id 1, 2, 3 ... then the stream ends by itself ---
-timeout 60 curl -sS -N "$BASE/v1/generations/$ID1:watch" -H "$AUTH" >"$WORK/watch.txt"
+wait "$WATCH_PID"
 check "the watch ended by itself (curl exit 0)" eq "$?" 0
 IDS="$(sed -n 's/^id: //p' "$WORK/watch.txt" | tr '\n' ' ' | sed 's/ $//')"
 echo "  watch printed ids: $IDS"

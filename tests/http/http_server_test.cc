@@ -202,6 +202,17 @@ TEST_F(HttpServerTest, CreateRejectsBadBodies) {
   ExpectError(Fetch(port_, "POST", "/v1/generations",
                     {kAcme, "Content-Type: text/plain"}, R"({"prompt":"x"})"),
               415, "INVALID_ARGUMENT");
+  // curl -d without -H sends form-urlencoded: the JSON inside is accepted.
+  EXPECT_EQ(Fetch(port_, "POST", "/v1/generations",
+                  {kAcme, "Content-Type: application/x-www-form-urlencoded"},
+                  R"({"prompt":"x"})")
+                .status,
+            200);
+  EXPECT_EQ(Fetch(port_, "POST", "/v1/generations",
+                  {kAcme, "Content-Type: application/json; charset=utf-8"},
+                  R"({"prompt":"y"})")
+                .status,
+            200);
 }
 
 TEST_F(HttpServerTest, BodyOverLimitIs413) {
@@ -652,6 +663,34 @@ TEST_F(HttpServerTest, MaxStreamsAnswers503) {
   a.Close();
   ASSERT_TRUE(WaitFor([&] { return server_->stats().open_streams == 1; }));
   SseReader d(port_, "/v1/generations/g1:watch", {kAcme});
+  EXPECT_EQ(d.status(), 200);
+}
+
+TEST_F(HttpServerTest, PerTenantStreamLimitAnswers429) {
+  HttpServerOptions o;
+  o.max_streams_per_tenant = 2;
+  Start(o);
+  Create(R"({"prompt":"fox"})");
+  auto a = std::make_unique<SseReader>(port_, "/v1/generations:watch",
+                                       std::vector<std::string>{kAcme});
+  SseReader b(port_, "/v1/generations:watch", {kAcme});
+  ASSERT_EQ(a->status(), 200);
+  ASSERT_EQ(b.status(), 200);
+  SseReader c(port_, "/v1/generations:watch", {kAcme});
+  EXPECT_EQ(c.status(), 429);
+  EXPECT_THAT(c.ReadAll(), HasSubstr("\"RESOURCE_EXHAUSTED\""));
+  // Another tenant has its own share.
+  SseReader other(port_, "/v1/generations:watch", {kOther});
+  EXPECT_EQ(other.status(), 200);
+  // A failed watch (unknown id) gives its slot back at once.
+  SseReader missing(port_, "/v1/generations/nope:watch", {kOther});
+  EXPECT_EQ(missing.status(), 404);
+  SseReader other2(port_, "/v1/generations:watch", {kOther});
+  EXPECT_EQ(other2.status(), 200);
+  // A closed stream gives its slot back.
+  a.reset();
+  ASSERT_TRUE(WaitFor([&] { return gateway_.watchers() == 3; }));
+  SseReader d(port_, "/v1/generations:watch", {kAcme});
   EXPECT_EQ(d.status(), 200);
 }
 

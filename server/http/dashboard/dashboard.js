@@ -208,7 +208,8 @@ function formatDuration(ms) {
   const h = Math.floor(s / 3600);
   const m = Math.floor((s % 3600) / 60);
   const sec = String(s % 60).padStart(2, '0');
-  return h > 0 ? h + 'h ' + String(m).padStart(2, '0') + 'm' : m + 'm ' + sec + 's';
+  if (h > 0) return h + 'h ' + String(m).padStart(2, '0') + 'm';
+  return m > 0 ? m + 'm ' + sec + 's' : (s % 60) + 's';
 }
 
 function elapsedOf(g, now) {
@@ -341,7 +342,6 @@ function select(id) {
     tr.classList.toggle('selected', tr.dataset.row === id);
   }
   renderDetail();
-  $('detail').scrollIntoView({block: 'nearest'});
 }
 
 function renderDetail() {
@@ -358,7 +358,7 @@ function renderDetail() {
     ['Upstream status', g.upstreamStatus || '–'],
     ['Upstream job', g.upstreamId || '–'],
     ['Prompt', req.prompt || ''],
-    ['Model', req.model || ''],
+    ['Model', req.model || '–'],
     ['Duration', (req.durationSeconds || 5) + ' s'],
     ['Aspect ratio', req.aspectRatio || '16:9'],
     ['Created', g.createTime ? new Date(g.createTime).toLocaleString() : ''],
