@@ -20,9 +20,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "server/http/http_server.h"
 #include "tests/http/fakes.h"
@@ -91,7 +93,6 @@ int main(int argc, char** argv) {
   options.max_streams = streams + 10;
   http::HttpServer server(options, &gateway, &auth, nullptr, nullptr);
   if (!server.Start().ok()) return 1;
-  auth::Principal who;
   videogen::auth::Principal acme;
   acme.tenant = "acme";
   videogen::v1::GenerateRequest req;
