@@ -72,7 +72,7 @@ bool ApplySnapshot(const upstream::Snapshot& s, v1::Generation* g) {
     case upstream::TaskState::kFailed: {
       Finish(v1::Generation::STATE_FAILED, g);
       v1::GenerationError* error = g->mutable_error();
-      error->set_code(13);  // INTERNAL
+      error->set_code(static_cast<int>(absl::StatusCode::kInternal));
       error->set_reason("UPSTREAM_TASK_ERROR");
       error->set_message(TaskErrorMessage(s));
       SetUsage(s, g);
@@ -84,12 +84,12 @@ bool ApplySnapshot(const upstream::Snapshot& s, v1::Generation* g) {
   return status_changed || g->state() != old_state;
 }
 
-bool MarkFailed(int code, std::string reason, std::string message,
+bool MarkFailed(absl::StatusCode code, std::string reason, std::string message,
                 v1::Generation* g) {
   if (IsTerminal(g->state())) return false;
   Finish(v1::Generation::STATE_FAILED, g);
   v1::GenerationError* error = g->mutable_error();
-  error->set_code(code);
+  error->set_code(static_cast<int>(code));
   error->set_reason(std::move(reason));
   error->set_message(std::move(message));
   return true;

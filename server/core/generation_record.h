@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "google/protobuf/timestamp.pb.h"
 #include "server/upstream/upstream.h"
@@ -28,7 +29,7 @@ bool ApplySnapshot(const upstream::Snapshot& snapshot, v1::Generation* g);
 
 // Moves a non-terminal generation to FAILED with `error`. Returns false (and
 // changes nothing) when it is terminal already.
-bool MarkFailed(int code, std::string reason, std::string message,
+bool MarkFailed(absl::StatusCode code, std::string reason, std::string message,
                 v1::Generation* g);
 
 // Moves a non-terminal generation to CANCELLED. Returns false when terminal.

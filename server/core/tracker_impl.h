@@ -123,7 +123,7 @@ class Tracker::Impl {
   bool Reload(Entry& e);
   void Evict(const std::string& id);
   // Fails the generation. Returns false when it was evicted meanwhile.
-  bool Fail(Entry& e, int code, const std::string& reason,
+  bool Fail(Entry& e, absl::StatusCode code, const std::string& reason,
             const std::string& message);
   void SetEstimate(v1::Generation& g);
 

@@ -115,7 +115,8 @@ void Tracker::Impl::Evict(const std::string& id) {
   entries_.erase(it);
 }
 
-bool Tracker::Impl::Fail(Entry& e, int code, const std::string& reason,
+bool Tracker::Impl::Fail(Entry& e, absl::StatusCode code,
+                         const std::string& reason,
                          const std::string& message) {
   const std::string id = e.record.generation.id();
   bool evicted = false;
@@ -178,7 +179,7 @@ void Tracker::Impl::RunDuePolls() {
     if (now >= e.record.deadline) {
       const absl::Duration limit =
           e.record.deadline - FromTimestamp(e.record.generation.create_time());
-      Fail(e, 4, "DEADLINE_EXCEEDED",
+      Fail(e, absl::StatusCode::kDeadlineExceeded, "DEADLINE_EXCEEDED",
            absl::StrCat("the generation did not finish within ",
                         absl::FormatDuration(limit)));
       continue;
@@ -209,7 +210,7 @@ void Tracker::Impl::OnPolled(const std::string& id, uint64_t token,
   e.poll_in_flight = false;
   if (!r.ok()) {
     if (r.status().code() == absl::StatusCode::kNotFound) {
-      Fail(e, 5, "UPSTREAM_NOT_FOUND",
+      Fail(e, absl::StatusCode::kNotFound, "UPSTREAM_NOT_FOUND",
            absl::StrCat("the upstream lost job \"",
                         e.record.generation.upstream_id(),
                         "\": ", r.status().message()));
@@ -356,7 +357,7 @@ void Tracker::Impl::OnFoundInLog(const std::string& id,
 void Tracker::Impl::OnNotFoundInLog(const std::string& id) {
   auto it = entries_.find(id);
   if (it == entries_.end()) return;
-  Fail(it->second, 2, "SUBMIT_UNCONFIRMED",
+  Fail(it->second, absl::StatusCode::kUnknown, "SUBMIT_UNCONFIRMED",
        absl::StrCat(
            "the upstream never answered the submit and its usage log shows no "
            "job for this generation after ",
