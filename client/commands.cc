@@ -14,6 +14,8 @@
 #include "absl/strings/str_format.h"
 #include "client/download.h"
 #include "client/render.h"
+#include "client/sanitize.h"
+#include "client/video_source.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
 #include "videogen/v1/video_generation.grpc.pb.h"
@@ -42,7 +44,8 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(
 }
 
 // A connection to the server. Reconnect backoff is kept short so that a
-// watch resumes soon after a server restart.
+// watch resumes soon after a server restart. Every call's context goes
+// through Prepare, which adds the API key.
 class Connection {
  public:
   static absl::StatusOr<Connection> Open(const GlobalOptions& global) {
@@ -60,24 +63,55 @@ class Connection {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
     Connection c;
+    if (!global.api_key.empty()) {
+      c.authorization_ = absl::StrCat("Bearer ", global.api_key);
+    }
     c.channel_ = grpc::CreateCustomChannel(global.server, *creds, args);
     c.stub_ = v1::VideoGeneration::NewStub(c.channel_);
     return c;
   }
   v1::VideoGeneration::Stub* stub() { return stub_.get(); }
 
+  // Adds the key to a call's metadata. Plain metadata rather than call
+  // credentials: gRPC refuses those on an insecure channel, and a loopback
+  // server without TLS is the common case.
+  void Prepare(grpc::ClientContext* context) const {
+    if (!authorization_.empty()) {
+      context->AddMetadata("authorization", authorization_);
+    }
+  }
+
  private:
+  std::string authorization_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::VideoGeneration::Stub> stub_;
 };
 
-void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) {
+// A unary call's context: the key and the deadline.
+void PrepareUnary(const Connection& conn, grpc::ClientContext* context,
+                  absl::Duration timeout) {
+  conn.Prepare(context);
   context->set_deadline(std::chrono::system_clock::now() +
                         absl::ToChronoMilliseconds(timeout));
 }
 
-int Fail(const absl::Status& status) {
+// Prints the error (with a hint when the key is missing or refused) and
+// returns the exit code of RPC errors.
+int Fail(const GlobalOptions& global, const absl::Status& status) {
   PrintError(status);
+  if (status.code() == absl::StatusCode::kUnauthenticated) {
+    if (global.api_key.empty()) {
+      std::cerr << "hint: the server wants an API key: set VIDEOGEN_API_KEY "
+                   "or --api_key (an operator creates one with "
+                   "`videogen-server keys create --tenant=NAME`)"
+                << std::endl;
+    } else {
+      std::cerr << "hint: the server refused the API key (unknown or "
+                   "revoked?): set VIDEOGEN_API_KEY or --api_key to a valid "
+                   "key"
+                << std::endl;
+    }
+  }
   return kExitRpcError;
 }
 
@@ -90,47 +124,113 @@ bool IsUrl(const std::string& s) {
   return absl::StartsWith(s, "http://") || absl::StartsWith(s, "https://");
 }
 
+// `source` is "mirror", "upstream" or "url" (a URL given by the user).
 void PrintDownload(OutputMode mode, const DownloadOptions& options,
-                   const DownloadResult& result) {
+                   const DownloadResult& result, const std::string& source) {
   if (mode == OutputMode::kJson) {
     nlohmann::json j = {{"download",
                          {{"url", options.url},
                           {"path", options.path},
                           {"bytes", result.bytes},
                           {"resumedFrom", result.resumed_from},
-                          {"expectedBytes", result.expected_size}}}};
-    std::cout << j.dump() << std::endl;
+                          {"expectedBytes", result.expected_size},
+                          {"source", source},
+                          {"sha256Verified", result.sha256_verified}}}};
+    std::cout << EscapeJsonControls(j.dump(
+                     -1, ' ', false, nlohmann::json::error_handler_t::replace))
+              << std::endl;
     return;
   }
-  std::cout << "saved " << options.path << " (" << HumanBytes(result.bytes);
+  std::cout << "saved " << ForTerminal(options.path) << " ("
+            << HumanBytes(result.bytes);
   if (result.resumed_from > 0) {
     std::cout << ", resumed from " << HumanBytes(result.resumed_from);
   }
+  if (source == "mirror") std::cout << ", from the server's copy";
+  if (result.sha256_verified) std::cout << ", SHA-256 verified";
   std::cout << ")" << std::endl;
 }
 
-// Downloads and reports; returns the exit code.
-int DownloadTo(OutputMode mode, const std::string& url, const std::string& path,
-               int64_t expected_size) {
+DownloadOptions BaseDownloadOptions(OutputMode mode, const std::string& path) {
   DownloadOptions options;
-  options.url = url;
   options.path = path;
-  options.expected_size = expected_size;
   options.progress = mode == OutputMode::kTty;
+  return options;
+}
+
+std::string Authorization(const GlobalOptions& global) {
+  return global.api_key.empty() ? "" : absl::StrCat("Bearer ", global.api_key);
+}
+
+// A URL the user gave: the key goes along only to the server's own listener.
+int DownloadUrl(const GlobalOptions& global, OutputMode mode,
+                const std::string& url, const std::string& path) {
+  DownloadOptions options = BaseDownloadOptions(mode, path);
+  options.url = url;
+  if (!global.http_url.empty() && OnListener(url, global.http_url)) {
+    options.authorization = Authorization(global);
+    options.source_name = "the server's HTTP listener";
+  }
   absl::StatusOr<DownloadResult> result = Download(options);
-  if (!result.ok()) return Fail(result.status());
-  PrintDownload(mode, options, *result);
+  if (!result.ok() && options.authorization.empty() &&
+      result.status().code() == absl::StatusCode::kUnauthenticated) {
+    // Not the key's fault: it was not sent.
+    PrintError(result.status());
+    std::cerr << "hint: the API key is sent only to the server's HTTP "
+                 "listener; set --http_url or VIDEOGEN_HTTP_URL to it"
+              << std::endl;
+    return kExitRpcError;
+  }
+  if (!result.ok()) return Fail(global, result.status());
+  PrintDownload(mode, options, *result, "url");
   return kExitOk;
+}
+
+// A generation's video: the server's copy first (when reachable), then the
+// upstream URL; checked against Video.sha256 when the server has one.
+int DownloadVideo(const GlobalOptions& global, OutputMode mode,
+                  const v1::Video& video, const std::string& path) {
+  std::vector<std::string> notes;
+  std::vector<VideoSource> sources =
+      VideoSources(video, global.http_url, &notes);
+  for (const std::string& note : notes) {
+    std::cerr << "note: " << ForTerminal(note) << std::endl;
+  }
+  absl::Status failure =
+      absl::FailedPreconditionError("the generation has no video URL");
+  for (size_t i = 0; i < sources.size(); ++i) {
+    const VideoSource& source = sources[i];
+    DownloadOptions options = BaseDownloadOptions(mode, path);
+    options.url = source.url;
+    options.source_name = source.name;
+    options.expected_size = video.file_size_bytes();
+    options.sha256 = video.sha256();
+    if (source.send_key) options.authorization = Authorization(global);
+    absl::StatusOr<DownloadResult> result = Download(options);
+    if (result.ok()) {
+      PrintDownload(mode, options, *result,
+                    source.send_key ? "mirror" : "upstream");
+      return kExitOk;
+    }
+    failure = result.status();
+    if (i + 1 < sources.size()) {
+      std::cerr << "note: the download from " << source.name << " failed ("
+                << CodeName(failure.code()) << ": "
+                << ForTerminal(failure.message()) << "); trying "
+                << sources[i + 1].name << std::endl;
+    }
+  }
+  return Fail(global, failure);
 }
 
 int Detach(const GlobalOptions& global, Connection& conn,
            const v1::GenerateRequest& request) {
   grpc::ClientContext context;
-  SetDeadline(&context, global.timeout);
+  PrepareUnary(conn, &context, global.timeout);
   v1::Generation generation;
   grpc::Status s =
       conn.stub()->CreateGeneration(&context, request, &generation);
-  if (!s.ok()) return Fail(FromGrpc(s));
+  if (!s.ok()) return Fail(global, FromGrpc(s));
   if (global.json) {
     std::cout << ToJson(generation) << std::endl;
   } else {
@@ -153,6 +253,9 @@ absl::StatusOr<v1::Generation> Follow(OutputMode mode,
   callbacks.on_reconnect = [&](const absl::Status& why, absl::Duration wait) {
     printer.OnReconnect(why, wait);
   };
+  callbacks.prepare_context = [&conn](grpc::ClientContext* context) {
+    conn.Prepare(context);
+  };
   Follower follower(conn.stub(), options, std::move(callbacks));
   absl::StatusOr<v1::Generation> result = start(follower);
   if (!result.ok()) {
@@ -167,27 +270,26 @@ absl::StatusOr<v1::Generation> Follow(OutputMode mode,
 
 int RunGenerate(const GlobalOptions& global, const GenerateOptions& options) {
   absl::StatusOr<Connection> conn = Connection::Open(global);
-  if (!conn.ok()) return Fail(conn.status());
+  if (!conn.ok()) return Fail(global, conn.status());
   if (options.detach) return Detach(global, *conn, options.request);
   OutputMode mode = DetectOutputMode(global.json);
   absl::StatusOr<v1::Generation> g =
       Follow(mode, options.follow, *conn,
              [&](Follower& f) { return f.Generate(options.request); });
-  if (!g.ok()) return Fail(g.status());
+  if (!g.ok()) return Fail(global, g.status());
   int code = ExitCodeFor(*g);
   if (code != kExitOk || options.output.empty()) return code;
-  return DownloadTo(mode, g->video().url(), options.output,
-                    g->video().file_size_bytes());
+  return DownloadVideo(global, mode, g->video(), options.output);
 }
 
 int RunWatch(const GlobalOptions& global, const std::string& id,
              const FollowOptions& follow) {
   absl::StatusOr<Connection> conn = Connection::Open(global);
-  if (!conn.ok()) return Fail(conn.status());
+  if (!conn.ok()) return Fail(global, conn.status());
   absl::StatusOr<v1::Generation> g =
       Follow(DetectOutputMode(global.json), follow, *conn,
              [&](Follower& f) { return f.Watch(id); });
-  if (!g.ok()) return Fail(g.status());
+  if (!g.ok()) return Fail(global, g.status());
   return ExitCodeFor(*g);
 }
 
@@ -195,7 +297,7 @@ absl::StatusOr<v1::Generation> GetGeneration(const GlobalOptions& global,
                                              Connection& conn,
                                              const std::string& id) {
   grpc::ClientContext context;
-  SetDeadline(&context, global.timeout);
+  PrepareUnary(conn, &context, global.timeout);
   v1::GetGenerationRequest request;
   request.set_id(id);
   v1::Generation generation;
@@ -206,24 +308,24 @@ absl::StatusOr<v1::Generation> GetGeneration(const GlobalOptions& global,
 
 int RunGet(const GlobalOptions& global, const std::string& id) {
   absl::StatusOr<Connection> conn = Connection::Open(global);
-  if (!conn.ok()) return Fail(conn.status());
+  if (!conn.ok()) return Fail(global, conn.status());
   absl::StatusOr<v1::Generation> g = GetGeneration(global, *conn, id);
-  if (!g.ok()) return Fail(g.status());
+  if (!g.ok()) return Fail(global, g.status());
   PrintGeneration(DetectOutputMode(global.json), *g);
   return kExitOk;
 }
 
 int RunCancel(const GlobalOptions& global, const std::string& id) {
   absl::StatusOr<Connection> conn = Connection::Open(global);
-  if (!conn.ok()) return Fail(conn.status());
+  if (!conn.ok()) return Fail(global, conn.status());
   grpc::ClientContext context;
-  SetDeadline(&context, global.timeout);
+  PrepareUnary(*conn, &context, global.timeout);
   v1::CancelGenerationRequest request;
   request.set_id(id);
   v1::Generation generation;
   grpc::Status s =
       conn->stub()->CancelGeneration(&context, request, &generation);
-  if (!s.ok()) return Fail(FromGrpc(s));
+  if (!s.ok()) return Fail(global, FromGrpc(s));
   PrintGeneration(DetectOutputMode(global.json), generation);
   return kExitOk;
 }
@@ -251,7 +353,7 @@ absl::StatusOr<v1::ListGenerationsResponse> ListPages(
       request.set_page_size(std::min(page, remaining));
     }
     grpc::ClientContext context;
-    SetDeadline(&context, global.timeout);
+    PrepareUnary(conn, &context, global.timeout);
     v1::ListGenerationsResponse page;
     grpc::Status s = conn.stub()->ListGenerations(&context, request, &page);
     if (!s.ok()) return FromGrpc(s);
@@ -271,10 +373,10 @@ absl::StatusOr<v1::ListGenerationsResponse> ListPages(
 
 int RunList(const GlobalOptions& global, const ListOptions& options) {
   absl::StatusOr<Connection> conn = Connection::Open(global);
-  if (!conn.ok()) return Fail(conn.status());
+  if (!conn.ok()) return Fail(global, conn.status());
   absl::StatusOr<v1::ListGenerationsResponse> response =
       ListPages(global, *conn, options);
-  if (!response.ok()) return Fail(response.status());
+  if (!response.ok()) return Fail(global, response.status());
   PrintList(DetectOutputMode(global.json), *response);
   return kExitOk;
 }
@@ -283,22 +385,21 @@ int RunDownload(const GlobalOptions& global,
                 const DownloadCommandOptions& options) {
   OutputMode mode = DetectOutputMode(global.json);
   if (IsUrl(options.target)) {
-    return DownloadTo(mode, options.target, options.output, 0);
+    return DownloadUrl(global, mode, options.target, options.output);
   }
   absl::StatusOr<Connection> conn = Connection::Open(global);
-  if (!conn.ok()) return Fail(conn.status());
+  if (!conn.ok()) return Fail(global, conn.status());
   absl::StatusOr<v1::Generation> g =
       GetGeneration(global, *conn, options.target);
-  if (!g.ok()) return Fail(g.status());
+  if (!g.ok()) return Fail(global, g.status());
   if (g->state() != v1::Generation::STATE_COMPLETED ||
-      g->video().url().empty()) {
+      (g->video().url().empty() && g->video().mirror_url().empty())) {
     PrintError(absl::FailedPreconditionError(
         absl::StrCat("generation ", g->id(), " is ", StateName(g->state()),
                      " and has no video yet")));
     return g->done() ? kExitGenerationFailed : kExitRpcError;
   }
-  return DownloadTo(mode, g->video().url(), options.output,
-                    g->video().file_size_bytes());
+  return DownloadVideo(global, mode, g->video(), options.output);
 }
 
 absl::StatusOr<std::pair<std::string, std::string>> ParseLabel(
@@ -322,6 +423,14 @@ absl::StatusOr<v1::Generation::State> ParseState(const std::string& text) {
         "' is not one of queued, generating, completed, failed, cancelled"));
   }
   return state;
+}
+
+bool ValidApiKey(const std::string& key) {
+  if (key.empty()) return false;
+  for (char c : key) {
+    if (c <= 0x20 || c >= 0x7F) return false;
+  }
+  return true;
 }
 
 std::string NewUuid() {

@@ -27,6 +27,12 @@ struct GlobalOptions {
   bool json = false;
   bool tls = false;
   std::string ca_cert;  // PEM file; empty = system roots
+  // Sent as "authorization: Bearer KEY" on every RPC and to the server's HTTP
+  // listener; never printed. Empty: no header.
+  std::string api_key;
+  // The server's HTTP listener, e.g. "http://127.0.0.1:8080", where
+  // Video.mirror_url paths are served. Empty: mirrors are not used.
+  std::string http_url;
 };
 
 struct GenerateOptions {
@@ -66,6 +72,9 @@ absl::StatusOr<std::pair<std::string, std::string>> ParseLabel(
 
 // "completed" -> STATE_COMPLETED (also accepts "STATE_COMPLETED").
 absl::StatusOr<v1::Generation::State> ParseState(const std::string& text);
+
+// Whether `key` can be sent in a header: printable ASCII without spaces.
+bool ValidApiKey(const std::string& key);
 
 // A fresh random UUID version 4, e.g. "3b241101-e2bb-4255-8caf-4136c566a962".
 std::string NewUuid();

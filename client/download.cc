@@ -1,12 +1,15 @@
 #include "client/download.h"
 
 #include <curl/curl.h>
+#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <memory>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
@@ -143,11 +146,13 @@ int OnProgress(void* arg, curl_off_t, curl_off_t dlnow, curl_off_t,
   return 0;
 }
 
-absl::Status HttpError(long status, const std::string& body) {  // NOLINT
-  std::string msg = absl::StrCat("HTTP ", status, " from the video URL");
+absl::Status HttpError(long status, const std::string& body,  // NOLINT
+                       const std::string& source) {
+  std::string msg = absl::StrCat("HTTP ", status, " from ", source);
   if (!body.empty()) absl::StrAppend(&msg, ": ", body.substr(0, 200));
   if (status == 404 || status == 410) return absl::NotFoundError(msg);
-  if (status == 401 || status == 403) return absl::PermissionDeniedError(msg);
+  if (status == 401) return absl::UnauthenticatedError(msg);
+  if (status == 403) return absl::PermissionDeniedError(msg);
   if (status == 429) return absl::ResourceExhaustedError(msg);
   if (status >= 500) return absl::UnavailableError(msg);
   return absl::UnknownError(msg);
@@ -167,9 +172,13 @@ absl::Status CurlError(CURLcode code, const char* detail) {
   }
 }
 
-void Configure(CURL* curl, Transfer* t, const DownloadOptions& options) {
+void Configure(CURL* curl, Transfer* t, const DownloadOptions& options,
+               curl_slist* headers) {
   curl_easy_setopt(curl, CURLOPT_URL, options.url.c_str());
-  curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 1L);
+  // With a key, a redirect could carry it elsewhere: not followed.
+  curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION,
+                   options.authorization.empty() ? 1L : 0L);
+  if (headers != nullptr) curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
   curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 30L);
   curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
@@ -202,10 +211,17 @@ absl::StatusOr<Transfer> Attempt(const DownloadOptions& options, int64_t offset,
   t.progress = options.progress;
   char detail[CURL_ERROR_SIZE] = "";
   curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, detail);
-  Configure(curl, &t, options);
+  curl_slist* headers = nullptr;
+  if (!options.authorization.empty()) {
+    const std::string header =
+        absl::StrCat("Authorization: ", options.authorization);
+    headers = curl_slist_append(nullptr, header.c_str());
+  }
+  Configure(curl, &t, options, headers);
   CURLcode code = curl_easy_perform(curl);
   if (t.status == 0) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &t.status);
   curl_easy_cleanup(curl);
+  curl_slist_free_all(headers);
   t.curl = nullptr;
   if (t.file == nullptr && t.status < 300 && code == CURLE_OK &&
       (t.status != 206 || offset == 0)) {
@@ -220,7 +236,9 @@ absl::StatusOr<Transfer> Attempt(const DownloadOptions& options, int64_t offset,
   if (t.file_error) {
     return absl::InternalError(absl::StrCat("cannot write ", options.path));
   }
-  if (t.status >= 300) return HttpError(t.status, t.error_body);
+  if (t.status >= 300) {
+    return HttpError(t.status, t.error_body, options.source_name);
+  }
   if (code != CURLE_OK) return CurlError(code, detail);
   return t;
 }
@@ -239,9 +257,8 @@ absl::Status CheckSize(int64_t bytes, int64_t header_total, int64_t expected,
   return absl::OkStatus();
 }
 
-}  // namespace
-
-absl::StatusOr<DownloadResult> Download(const DownloadOptions& options) {
+// Download without the checksum.
+absl::StatusOr<DownloadResult> Fetch(const DownloadOptions& options) {
   static const CURLcode init = curl_global_init(CURL_GLOBAL_DEFAULT);
   if (init != CURLE_OK) return absl::InternalError("curl_global_init failed");
   int64_t offset = FileSize(options.path);
@@ -268,6 +285,54 @@ absl::StatusOr<DownloadResult> Download(const DownloadOptions& options) {
       CheckSize(result.bytes, full, options.expected_size, options.path);
   if (!size_ok.ok()) return size_ok;
   if (result.expected_size == 0 && full > 0) result.expected_size = full;
+  return result;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> FileSha256(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(),
+                                                              EVP_MD_CTX_free);
+  if (ctx == nullptr ||
+      EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
+    return absl::InternalError("SHA-256 is not available");
+  }
+  char buffer[1 << 16];
+  while (in) {
+    in.read(buffer, sizeof(buffer));
+    if (in.gcount() > 0 &&
+        EVP_DigestUpdate(ctx.get(), buffer, static_cast<size_t>(in.gcount())) !=
+            1) {
+      return absl::InternalError("SHA-256 failed");
+    }
+  }
+  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  if (EVP_DigestFinal_ex(ctx.get(), digest, &length) != 1) {
+    return absl::InternalError("SHA-256 failed");
+  }
+  std::string hex;
+  for (unsigned int i = 0; i < length; ++i) {
+    absl::StrAppendFormat(&hex, "%02x", digest[i]);
+  }
+  return hex;
+}
+
+absl::StatusOr<DownloadResult> Download(const DownloadOptions& options) {
+  absl::StatusOr<DownloadResult> result = Fetch(options);
+  if (!result.ok() || options.sha256.empty()) return result;
+  absl::StatusOr<std::string> actual = FileSha256(options.path);
+  if (!actual.ok()) return actual.status();
+  if (*actual != absl::AsciiStrToLower(options.sha256)) {
+    std::remove(options.path.c_str());
+    return absl::DataLossError(absl::StrCat(
+        options.path, " has SHA-256 ", *actual, " but the server's copy has ",
+        options.sha256, "; the file was removed, run the command again"));
+  }
+  result->sha256_verified = true;
   return result;
 }
 

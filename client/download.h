@@ -17,18 +17,32 @@ struct DownloadOptions {
   bool progress = false;
   // Gives up when no byte arrives for this long.
   absl::Duration stall_timeout = absl::Seconds(30);
+  // Sent as the Authorization header when set ("Bearer KEY"), for the
+  // server's own HTTP listener. Redirects are then not followed, so the key
+  // goes nowhere else.
+  std::string authorization;
+  // Names the source in error messages.
+  std::string source_name = "the video URL";
+  // Lowercase hex SHA-256 the finished file must have; "" = not checked.
+  std::string sha256;
 };
 
 struct DownloadResult {
-  int64_t bytes = 0;          // final size of the file
-  int64_t resumed_from = 0;   // bytes already on disk when resumed
-  int64_t expected_size = 0;  // size we checked against; 0 when unknown
+  int64_t bytes = 0;             // final size of the file
+  int64_t resumed_from = 0;      // bytes already on disk when resumed
+  int64_t expected_size = 0;     // size we checked against; 0 when unknown
+  bool sha256_verified = false;  // options.sha256 was set and matched
 };
 
 // Downloads `url` to `path` with libcurl. A partial file is resumed with a
 // Range request; a server that ignores ranges gets a fresh download. The
 // final size is checked against Content-Range/Content-Length and
-// `expected_size` when known (DATA_LOSS on mismatch). Blocking; any thread.
+// `expected_size` when known (DATA_LOSS on mismatch), and its SHA-256
+// against `sha256` when set (DATA_LOSS on mismatch; the file is removed, as
+// resuming it could never succeed). Blocking; any thread.
 absl::StatusOr<DownloadResult> Download(const DownloadOptions& options);
+
+// Lowercase hex SHA-256 of the file at `path`.
+absl::StatusOr<std::string> FileSha256(const std::string& path);
 
 }  // namespace videogen::client

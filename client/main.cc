@@ -1,5 +1,6 @@
 // videogen: the command-line client of the videogen gRPC gateway.
-// Subcommands: generate, watch, get, list, cancel, download (see --help).
+// Subcommands: generate, watch, get, list, cancel, download, webhook verify
+// (see --help).
 
 #include <algorithm>
 #include <iostream>
@@ -8,10 +9,14 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "client/commands.h"
+#include "client/sanitize.h"
+#include "client/webhook_verify.h"
 
 namespace videogen::client {
 namespace {
@@ -31,7 +36,9 @@ struct Cli {
   std::string id;
   ListOptions list;
   std::vector<std::string> states;
+  std::vector<std::string> webhook_states;
   DownloadCommandOptions download;
+  WebhookVerifyOptions webhook_verify;
 };
 
 constexpr char kIdChars[] =
@@ -55,6 +62,18 @@ const CLI::Validator& DurationCheck() {
                                     : "not a duration like 30s or 500ms";
       },
       "DURATION");
+  return *v;
+}
+
+const CLI::Validator& HttpUrlCheck() {
+  static const auto* v = new CLI::Validator(
+      [](std::string& s) {
+        return absl::StartsWithIgnoreCase(s, "http://") ||
+                       absl::StartsWithIgnoreCase(s, "https://")
+                   ? std::string()
+                   : "not an http:// or https:// URL";
+      },
+      "URL");
   return *v;
 }
 
@@ -94,6 +113,16 @@ void AddGlobalFlags(CLI::App& app, Cli& cli) {
   app.add_option("--ca-cert", cli.global.ca_cert,
                  "PEM file with root certificates for --tls")
       ->check(CLI::ExistingFile);
+  // No default shown and no validator that echoes the value: the key must
+  // never reach the terminal.
+  app.add_option("--api_key,--api-key", cli.global.api_key,
+                 "API key, sent as 'authorization: Bearer KEY'")
+      ->envname("VIDEOGEN_API_KEY");
+  app.add_option("--http_url,--http-url", cli.global.http_url,
+                 "The server's HTTP listener, e.g. http://127.0.0.1:8080, "
+                 "where `download` finds the server's copy of a video")
+      ->envname("VIDEOGEN_HTTP_URL")
+      ->check(HttpUrlCheck());
 }
 
 void AddReconnectFlags(CLI::App* sub, Cli& cli) {
@@ -124,6 +153,12 @@ CLI::App* AddGenerate(CLI::App& app, Cli& cli) {
                   "Source image for image-to-video models");
   sub->add_option("--label", cli.labels, "Label KEY=VALUE (repeatable)")
       ->check(LabelCheck());
+  sub->add_option("--webhook-url", *r.mutable_webhook_url(),
+                  "POST signed events of this generation here (https)");
+  sub->add_option("--webhook-state", cli.webhook_states,
+                  "State whose events go to --webhook-url (repeatable; "
+                  "default: the terminal states)")
+      ->check(StateCheck());
   sub->add_option("--request-id", *r.mutable_request_id(),
                   "Idempotency key (default: a fresh UUID, printed to stderr)");
   sub->add_flag("--detach", cli.generate.detach,
@@ -205,14 +240,30 @@ CLI::App* AddDownload(CLI::App& app, Cli& cli) {
   sub->footer(R"(Examples:
   videogen download 8Jq2mQ0cT3u9eX1bYp4sKw -o fox.mp4
   videogen download https://example.com/video.mp4 --output video.mp4
+  VIDEOGEN_HTTP_URL=http://127.0.0.1:8080 videogen download ID -o fox.mp4
 
-Running it again on a partial file resumes with a Range request.)");
+With --http_url (or VIDEOGEN_HTTP_URL) set to the server's HTTP listener,
+the server's own copy of the video (video.mirror_url) is preferred, with the
+same API key; the upstream URL is the fallback. A file is checked against
+video.sha256 when the server has one. Running it again on a partial file
+resumes with a Range request.)");
+  return sub;
+}
+
+CLI::App* AddWebhook(CLI::App& app, Cli& cli) {
+  auto* sub = app.add_subcommand("webhook", "Webhook tools");
+  sub->require_subcommand(1);
+  AddWebhookVerify(*sub, cli.webhook_verify);
+  sub->footer(R"(Examples:
+  videogen webhook verify --secret whsec_... --headers headers.txt --body body.json)");
   return sub;
 }
 
 // Turns the parsed strings into the typed options.
 void Finalize(Cli& cli) {
   ParseDuration(cli.timeout, &cli.global.timeout);
+  // A key pasted from a file or a terminal often ends in a newline.
+  absl::StripAsciiWhitespace(&cli.global.api_key);
   FollowOptions& follow = cli.generate.follow;
   follow.reconnect = !cli.no_reconnect;
   ParseDuration(cli.reconnect_timeout, &follow.reconnect_timeout);
@@ -226,6 +277,7 @@ void Finalize(Cli& cli) {
     cli.list.labels[kv.first] = kv.second;
   }
   for (const auto& s : cli.states) cli.list.states.push_back(*ParseState(s));
+  for (const auto& s : cli.webhook_states) r.add_webhook_states(*ParseState(s));
 }
 
 // Ids may start with '-' (URL-safe base64), which CLI11 would read as an
@@ -233,8 +285,9 @@ void Finalize(Cli& cli) {
 // --id=ARG (--target=ARG for download).
 std::vector<std::string> QuoteDashIds(int argc, char** argv) {
   std::vector<std::string> args(argv, argv + argc);
-  const std::set<std::string> global_values = {"--server", "--timeout",
-                                               "--ca-cert"};
+  const std::set<std::string> global_values = {
+      "--server",  "--timeout",  "--ca-cert", "--api_key",
+      "--api-key", "--http_url", "--http-url"};
   size_t i = 1;
   while (i < args.size() && args[i].size() > 1 && args[i][0] == '-') {
     i += global_values.count(args[i]) ? 2 : 1;
@@ -269,6 +322,7 @@ int Main(int argc, char** argv) {
   CLI::App* list = AddList(app, cli);
   CLI::App* cancel = AddCancel(app, cli);
   CLI::App* download = AddDownload(app, cli);
+  CLI::App* webhook = AddWebhook(app, cli);
   app.footer(
       "Run `videogen SUBCOMMAND --help` for flags and examples.\n"
       "Exit codes: 0 ok, 1 generation failed or cancelled, 2 usage error, "
@@ -282,6 +336,14 @@ int Main(int argc, char** argv) {
     return app.exit(e) == 0 ? kExitOk : kExitUsage;
   }
   Finalize(cli);
+  if (*webhook) return RunWebhookVerify(cli.webhook_verify);
+  if (!cli.global.api_key.empty() && !ValidApiKey(cli.global.api_key)) {
+    std::cerr << "error: the API key (--api_key or VIDEOGEN_API_KEY) has "
+                 "spaces or control characters; it cannot be sent\n";
+    return kExitUsage;
+  }
+  // Before any thread starts: nothing printed may contain the key.
+  SetSecretToRedact(cli.global.api_key);
   if (*generate) {
     if (cli.generate.request.request_id().empty()) {
       cli.generate.request.set_request_id(NewUuid());

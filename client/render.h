@@ -28,7 +28,8 @@ std::string ToJson(const google::protobuf::Message& message);
 // "UNAVAILABLE" for absl::StatusCode::kUnavailable.
 std::string CodeName(absl::StatusCode code);
 
-// Prints `error: <CODE_NAME>: <message>` to stderr.
+// Prints `error: <CODE_NAME>: <message>` to stderr, the message stripped of
+// control characters (it may come from the server).
 void PrintError(const absl::Status& status);
 
 // "QUEUED" for STATE_QUEUED.
@@ -39,6 +40,10 @@ std::string HumanBytes(int64_t bytes);
 
 // "1:05" / "1:02:03" style durations for humans.
 std::string HumanDuration(absl::Duration d);
+
+// "about 3 min left", "running long", ... for a generation that is not done
+// and has an estimate, as of `now` on the server's clock; else "".
+std::string EstimateText(const v1::Generation& generation, absl::Time now);
 
 // get/cancel/detach: the resource as JSON, or a few readable lines.
 void PrintGeneration(OutputMode mode, const v1::Generation& generation);
@@ -76,6 +81,9 @@ class EventPrinter {
   absl::Mutex mu_;
   v1::Generation last_ ABSL_GUARDED_BY(mu_);
   std::string note_ ABSL_GUARDED_BY(mu_);  // e.g. "reconnecting"
+  // Server clock minus ours, learned from heartbeats; zero unless it is
+  // clearly off, so that the estimate counts down on the server's clock.
+  absl::Duration server_clock_offset_ ABSL_GUARDED_BY(mu_);
   int frame_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool drawn_ ABSL_GUARDED_BY(mu_) = false;

@@ -57,6 +57,7 @@ absl::StatusOr<v1::Generation> Follower::Run(const Opener& first) {
 
 absl::Status Follower::ReadStream(const Opener& open) {
   grpc::ClientContext context;
+  if (callbacks_.prepare_context) callbacks_.prepare_context(&context);
   std::unique_ptr<Reader> reader = open(&context);
   v1::GenerationEvent event;
   while (reader->Read(&event)) {

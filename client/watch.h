@@ -31,6 +31,8 @@ struct FollowOptions {
 struct FollowCallbacks {
   std::function<void(const v1::GenerationEvent&)> on_event;
   std::function<void(const absl::Status&, absl::Duration)> on_reconnect;
+  // Called on each stream's context before it opens (adds the API key).
+  std::function<void(grpc::ClientContext*)> prepare_context;
 };
 
 // Follows one generation to its terminal state over Generate or
