@@ -23,6 +23,7 @@ Only stdlib + python3-yaml (a dependency of Debian's yamllint).
 
 import argparse
 import copy
+import math
 import os
 import re
 import shlex
@@ -130,7 +131,10 @@ def merge(base, patch):
     if isinstance(base, dict) and isinstance(patch, dict):
         out = dict(base)
         for key, value in patch.items():
-            out[key] = merge(base[key], value) if key in base else value
+            if value is None:  # strategic merge: `field: null` deletes it
+                out.pop(key, None)
+            else:
+                out[key] = merge(base[key], value) if key in base else value
         return out
     if (isinstance(base, list) and isinstance(patch, list)
             and all(isinstance(x, dict) and "name" in x for x in base + patch)):
@@ -174,7 +178,10 @@ def render(directory, errors):
             if not target:
                 errors.append(f"{path}: patches nothing")
             for d in target:
-                docs[docs.index(d)] = merge(d, p)
+                if p.get("$patch") == "delete":
+                    docs.remove(d)
+                else:
+                    docs[docs.index(d)] = merge(d, p)
     for image in kust.get("images", []):
         for d in docs:
             for c in pod_containers(d):
@@ -205,10 +212,13 @@ def selects(selector, labels):
 # --- the checks --------------------------------------------------------------
 
 class Checker:
-    def __init__(self, root, defaults):
+    def __init__(self, root, defaults, mutate=None):
         self.root = root
         self.defaults = defaults
         self.errors = []
+        # mutate(rel, docs): alters a rendered directory in place (the
+        # manifest mutations of --mutations).
+        self.mutate = mutate
 
     def fail(self, where, message):
         self.errors.append(f"{where}: {message}")
@@ -233,6 +243,8 @@ class Checker:
             for d in os.listdir(os.path.join(self.root, OVERLAYS_DIR)))
         for rel in renders:
             docs = render(os.path.join(self.root, rel), self.errors)
+            if self.mutate:
+                self.mutate(rel, docs)
             self.check_kubernetes(rel, docs)
         self.check_no_secret_values()
         self.check_envoy()
@@ -304,6 +316,11 @@ class Checker:
                         "SQLite store: replicas must be 1")
             self.expect(spec.get("strategy", {}).get("type") == "Recreate",
                         where, "SQLite store: strategy must be Recreate")
+        elif flags["store"] == "postgres":
+            self.check_postgres(where, spec, container, flags)
+        else:
+            self.fail(where, f"--store={flags['store']} cannot be deployed "
+                      "(sqlite for one replica, postgres for several)")
 
         ports = {p["name"]: p["containerPort"]
                  for p in container.get("ports", [])}
@@ -335,7 +352,47 @@ class Checker:
         self.check_volumes(where, pod, container, flags, docs)
         self.check_secret_env(where, container)
         self.check_services(rel, docs, labels, grpc_port, metrics_port)
-        self.check_policy_objects(rel, docs, labels, grpc_port, metrics_port)
+        self.check_policy_objects(rel, docs, labels, grpc_port, metrics_port,
+                                  flags["store"], spec.get("replicas", 1))
+
+    # Several replicas on one PostgreSQL (design.md §6).
+    def check_postgres(self, where, spec, container, flags):
+        strategy = spec.get("strategy", {})
+        self.expect(strategy.get("type", "RollingUpdate") == "RollingUpdate",
+                    where, "PostgreSQL store: strategy must be RollingUpdate "
+                    "(Recreate stops every replica at once)")
+        rolling = strategy.get("rollingUpdate", {})
+        self.expect(str(rolling.get("maxUnavailable", "25%")) in ("0", "0%"),
+                    where, "PostgreSQL store: rollingUpdate.maxUnavailable "
+                    "must be 0 (a rollout must not lower serving capacity)")
+        self.expect(str(rolling.get("maxSurge", "25%")) not in ("0", "0%"),
+                    where, "rollingUpdate.maxSurge must be above 0 when "
+                    "maxUnavailable is 0")
+        given = parse_flag_args(container.get("args", []))
+        self.expect("database_url" not in given, where,
+                    "--database_url in args puts the password in the pod "
+                    "spec; set env VIDEOGEN_DATABASE_URL from a Secret")
+        env = {e["name"]: e for e in container.get("env", [])}
+        url = env.get("VIDEOGEN_DATABASE_URL", {})
+        ref = url.get("valueFrom", {}).get("secretKeyRef", {})
+        self.expect(ref.get("name") and ref.get("key") and
+                    "value" not in url, where,
+                    "VIDEOGEN_DATABASE_URL must come from a Secret "
+                    "(valueFrom.secretKeyRef), not a literal value")
+        self.expect(ref.get("optional") is not True, where,
+                    "the database Secret must not be optional")
+        # Lease owners must be unique per pod: a shared name would let two
+        # replicas renew each other's leases and poll the same generation.
+        self.expect("replica_id" not in given, where,
+                    "a fixed --replica_id would be shared by every pod")
+        owner = (env.get("VIDEOGEN_REPLICA_ID", {}).get("valueFrom", {})
+                 .get("fieldRef", {}).get("fieldPath"))
+        self.expect(owner == "metadata.name", where,
+                    "VIDEOGEN_REPLICA_ID must be the pod name (fieldRef "
+                    "metadata.name): each replica needs its own lease owner")
+        self.expect(flags["mirror"] in ("none", "s3"), where,
+                    f"--mirror={flags['mirror']} keeps videos on one pod's "
+                    "disk; with a shared store use --mirror=none or s3")
 
     def check_probes(self, where, container, grpc_port):
         ready = container.get("readinessProbe", {}).get("grpc")
@@ -399,8 +456,16 @@ class Checker:
                   for m in container.get("volumeMounts", [])}
         data = volumes.get(mounts.get(flags["data_dir"]), {})
         claim = data.get("persistentVolumeClaim", {}).get("claimName")
-        if self.expect(claim, where,
-                       f"--data_dir {flags['data_dir']} must be a PVC mount"):
+        if flags["store"] == "postgres":
+            # Scratch only; the state is in PostgreSQL. A ReadWriteOnce claim
+            # would pin every replica to one node.
+            self.expect("emptyDir" in data and not claim, where,
+                        f"PostgreSQL store: --data_dir {flags['data_dir']} "
+                        "must be an emptyDir, not a PVC")
+            self.expect(not of_kind(docs, "PersistentVolumeClaim"), where,
+                        "PostgreSQL store: no PersistentVolumeClaim needed")
+        elif self.expect(claim, where,
+                         f"--data_dir {flags['data_dir']} must be a PVC mount"):
             pvcs = [p for p in of_kind(docs, "PersistentVolumeClaim")
                     if p["metadata"]["name"] == claim]
             self.expect(pvcs and "ReadWriteOnce" in pvcs[0]["spec"]
@@ -454,15 +519,19 @@ class Checker:
                             for e in sm["spec"]["endpoints"]), where,
                         "must scrape port metrics at /metrics")
 
-    def check_policy_objects(self, rel, docs, labels, grpc_port, metrics_port):
+    def check_policy_objects(self, rel, docs, labels, grpc_port, metrics_port,
+                             store="sqlite", replicas=1):
         pdbs = of_kind(docs, "PodDisruptionBudget")
         if self.expect(pdbs, rel, "no PodDisruptionBudget"):
             pdb = pdbs[0]["spec"]
             self.expect(selects(pdb["selector"]["matchLabels"], labels), rel,
                         "PDB selects no videogen pod")
             # minAvailable >= replicas would block node drains forever.
-            self.expect(pdb.get("minAvailable") in (None, 0), rel,
-                        "PDB minAvailable blocks drains with one replica")
+            if replicas <= 1:
+                self.expect(pdb.get("minAvailable") in (None, 0), rel,
+                            "PDB minAvailable blocks drains with one replica")
+            else:
+                self.check_pdb_replicas(rel, pdb, replicas)
         nps = of_kind(docs, "NetworkPolicy")
         if self.expect(nps, rel, "no NetworkPolicy"):
             np = nps[0]["spec"]
@@ -473,6 +542,32 @@ class Checker:
             self.expect({grpc_port, metrics_port} <= allowed, rel,
                         f"NetworkPolicy ingress ports {sorted(allowed)} lack "
                         f"{grpc_port}/{metrics_port}")
+            if store == "postgres":
+                egress = {p.get("port") for rule in np.get("egress", [])
+                          for p in rule.get("ports", [])}
+                self.expect(5432 in egress, rel,
+                            "NetworkPolicy egress must allow PostgreSQL "
+                            "(5432)")
+
+    def check_pdb_replicas(self, rel, pdb, replicas):
+        """Several replicas: drains go one pod at a time, never all."""
+        def count(value):
+            value = str(value)
+            if value.endswith("%"):  # Kubernetes rounds percentages up
+                return math.ceil(replicas * float(value[:-1]) / 100)
+            return int(value)
+        if "maxUnavailable" in pdb:
+            n = count(pdb["maxUnavailable"])
+            self.expect(1 <= n < replicas, rel,
+                        f"PDB maxUnavailable {pdb['maxUnavailable']} must let "
+                        f"1..{replicas - 1} of {replicas} replicas go")
+        elif "minAvailable" in pdb:
+            n = count(pdb["minAvailable"])
+            self.expect(1 <= n < replicas, rel,
+                        f"PDB minAvailable {pdb['minAvailable']} must keep "
+                        f"1..{replicas - 1} of {replicas} replicas")
+        else:
+            self.fail(rel, "PDB sets neither maxUnavailable nor minAvailable")
 
     def check_no_secret_values(self):
         for dirpath, _, files in os.walk(os.path.join(self.root, "deploy")):
@@ -782,6 +877,113 @@ MUTATIONS = [
 ]
 
 
+# Manifest mutations: each breaks one rule in a rendered directory; the
+# checks must notice every one. The SQLite ones prove the PostgreSQL rules
+# did not weaken the one-replica rules.
+POSTGRES_OVERLAY = os.path.join(OVERLAYS_DIR, "postgres")
+
+
+def _deployment(docs):
+    return of_kind(docs, "Deployment")[0]
+
+
+def _container(docs):
+    return pod_containers(_deployment(docs))[0]
+
+
+def _env(docs, name):
+    return [e for e in _container(docs).get("env", []) if e["name"] == name]
+
+
+def _set_literal_url(docs):
+    for e in _env(docs, "VIDEOGEN_DATABASE_URL"):
+        e.pop("valueFrom", None)
+        e["value"] = "postgresql://videogen:secret@db/videogen"
+
+
+def _add_arg(arg):
+    return lambda docs: _container(docs)["args"].append(arg)
+
+
+def _set_store(store):
+    def apply(docs):
+        args = _container(docs)["args"]
+        args[:] = [a for a in args if not a.startswith("--store=")]
+        args.append(f"--store={store}")
+    return apply
+
+
+def _drop_replica_env(docs):
+    c = _container(docs)
+    c["env"] = [e for e in c["env"] if e["name"] != "VIDEOGEN_REPLICA_ID"]
+
+
+def _set(path, value):
+    """docs -> sets Deployment field at `path` (keys) to `value`."""
+    def apply(docs):
+        node = _deployment(docs)
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return apply
+
+
+def _data_on_pvc(docs):
+    for v in _deployment(docs)["spec"]["template"]["spec"]["volumes"]:
+        if v["name"] == "data":
+            v.pop("emptyDir", None)
+            v["persistentVolumeClaim"] = {"claimName": "videogen-data"}
+
+
+def _pdb_all(docs):
+    of_kind(docs, "PodDisruptionBudget")[0]["spec"]["maxUnavailable"] = 3
+
+
+def _no_db_egress(docs):
+    spec = of_kind(docs, "NetworkPolicy")[0]["spec"]
+    spec["egress"] = [r for r in spec["egress"]
+                      if 5432 not in {p.get("port") for p in r.get("ports", [])}]
+
+
+MANIFEST_MUTATIONS = [
+    (POSTGRES_OVERLAY, "VIDEOGEN_DATABASE_URL as a literal value",
+     _set_literal_url),
+    (POSTGRES_OVERLAY, "--database_url in args",
+     _add_arg("--database_url=postgresql://db/videogen")),
+    (POSTGRES_OVERLAY, "--mirror=local", _add_arg("--mirror=local")),
+    (POSTGRES_OVERLAY, "a fixed --replica_id", _add_arg("--replica_id=a")),
+    (POSTGRES_OVERLAY, "no VIDEOGEN_REPLICA_ID", _drop_replica_env),
+    (POSTGRES_OVERLAY, "rollingUpdate.maxUnavailable 1",
+     _set(["spec", "strategy", "rollingUpdate", "maxUnavailable"], 1)),
+    (POSTGRES_OVERLAY, "strategy Recreate",
+     _set(["spec", "strategy"], {"type": "Recreate"})),
+    (POSTGRES_OVERLAY, "data dir on a PVC", _data_on_pvc),
+    (POSTGRES_OVERLAY, "PDB maxUnavailable 3", _pdb_all),
+    (POSTGRES_OVERLAY, "no egress to PostgreSQL", _no_db_egress),
+    (POSTGRES_OVERLAY, "3 replicas on --store=sqlite", _set_store("sqlite")),
+    (POSTGRES_OVERLAY, "--store=memory", _set_store("memory")),
+    (BASE_DIR, "3 replicas on SQLite", _set(["spec", "replicas"], 3)),
+    (BASE_DIR, "SQLite with RollingUpdate",
+     _set(["spec", "strategy"], {"type": "RollingUpdate"})),
+]
+
+
+def run_manifest_mutations(root, defaults):
+    caught = 0
+    for target, label, fn in MANIFEST_MUTATIONS:
+        def mutate(rel, docs, target=target, fn=fn):
+            if rel == target:
+                fn(docs)
+        found = Checker(root, defaults, mutate).run()
+        if found:
+            caught += 1
+            print(f"caught  {target}: {label}: {found[0]}")
+        else:
+            print(f"MISSED  {target}: {label}: the checks did not notice")
+    print(f"manifest mutations: {caught} of {len(MANIFEST_MUTATIONS)} caught")
+    return caught == len(MANIFEST_MUTATIONS)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True)
@@ -831,7 +1033,8 @@ def main():
         else:
             print(f"MISSED  {label}: the checks did not notice")
     print(f"mutations: {caught} of {len(MUTATIONS)} caught")
-    return 0 if caught == len(MUTATIONS) else 1
+    manifests_ok = run_manifest_mutations(args.root, defaults)
+    return 0 if caught == len(MUTATIONS) and manifests_ok else 1
 
 
 if __name__ == "__main__":
