@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# videogen demo: a server with the simulated upstream, one streamed
-# generation, and a download of the finished video.
+# videogen demo: a server with the simulated upstream on the embedded SQLite
+# store, an API key, one streamed generation, and a download of the finished
+# video from the server's own mirror.
 #   scripts/demo.sh BUILD_DIR      (scripts/dev.sh demo calls it)
 # Exits with the client's exit code (0 when the generation completed).
 set -euo pipefail
@@ -19,8 +20,11 @@ done
 [ "$missing" -eq 0 ] || exit 1
 
 # A port that was free a moment ago.
-PORT="$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-ADDR="127.0.0.1:$PORT"
+free_port() {
+  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+ADDR="127.0.0.1:$(free_port)"
+HTTP_ADDR="127.0.0.1:$(free_port)"
 WORK="$(mktemp -d -t videogen-demo.XXXXXX)"
 SERVER_PID=""
 
@@ -35,8 +39,15 @@ trap cleanup EXIT
 
 say() { printf '\033[1m[demo]\033[0m %s\n' "$*" >&2; }
 
-say "starting videogen-server --simulate on $ADDR (log: $WORK/server.log)"
-"$SERVER" --simulate --store=memory --listen="$ADDR" \
+say "creating an API key (videogen-server keys create --tenant=demo)"
+"$SERVER" keys create --tenant=demo --data_dir="$WORK/data" >"$WORK/key.json"
+VIDEOGEN_API_KEY="$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["key"])' "$WORK/key.json")"
+export VIDEOGEN_API_KEY
+export VIDEOGEN_HTTP_URL="http://$HTTP_ADDR"
+
+say "starting videogen-server --simulate on $ADDR, HTTP and dashboard on http://$HTTP_ADDR/ (log: $WORK/server.log)"
+"$SERVER" --simulate --data_dir="$WORK/data" --listen="$ADDR" \
+  --http_listen="$HTTP_ADDR" \
   --sim_queued_for=2s --sim_generating_for=4s \
   --poll_initial_delay=500ms --poll_interval=500ms \
   >"$WORK/server.log" 2>&1 &

@@ -70,14 +70,16 @@ cmd_build() {
 }
 
 cmd_test() {
-  cmd_build
+  cmd_deps
   # PostgreSQL for the store and scale-out tests: a throwaway cluster in a
   # temporary directory, stopped (and removed) however the run ends.
   local pg_dir
   pg_dir="$(mktemp -d /tmp/videogen-pg.XXXXXX)"
   trap 'bash "$ROOT/scripts/pg.sh" stop "'"$pg_dir"'" >/dev/null 2>&1 || true' EXIT
-  VIDEOGEN_TEST_DATABASE_URL="$(bash "$ROOT/scripts/pg.sh" start "$pg_dir")"
+  bash "$ROOT/scripts/pg.sh" start "$pg_dir" >/dev/null
+  VIDEOGEN_TEST_DATABASE_URL="$(cat "$pg_dir/url")"
   export VIDEOGEN_TEST_DATABASE_URL
+  cmd_build -DVIDEOGEN_POSTGRES_TESTS=ON
   # shellcheck disable=SC2086
   (cd "$BUILD_DIR" && ctest --output-on-failure --timeout 600 -j "$(nproc)" ${CTEST_ARGS:-})
   [ -n "${CTEST_ARGS:-}" ] && return

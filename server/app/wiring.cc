@@ -1,20 +1,26 @@
 #include "server/app/wiring.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "server/api/log.h"
 #include "server/api/metrics.h"
-#include "server/util/proto_time.h"
+#include "server/media/sha256.h"
 #include "server/store/memory_store.h"
 #include "server/store/postgres_store.h"
 #include "server/store/sqlite_store.h"
+#include "server/util/proto_time.h"
 #include "server/webhooks/retry_schedule.h"
 
 namespace videogen::app {
@@ -110,7 +116,13 @@ absl::StatusOr<std::unique_ptr<store::Store>> OpenStore(const Config& c) {
     return std::unique_ptr<store::Store>(new store::MemoryStore());
   }
   if (c.store == "postgres") {
-    auto pg = store::PostgresStore::Open(c.database_url);
+    store::PostgresOptions o;
+    o.application_name = "videogen-" + ReplicaId(c);
+    o.on_feed_error = [](const absl::Status& s) {
+      // The feed reconnects and catches up by itself; say so once per error.
+      Log("warn", "change_feed_error", {{"error", std::string(s.message())}});
+    };
+    auto pg = store::PostgresStore::Open(c.database_url, o);
     if (!pg.ok()) return pg.status();
     return std::unique_ptr<store::Store>(std::move(*pg));
   }
@@ -231,9 +243,15 @@ absl::StatusOr<std::unique_ptr<webhooks::Dispatcher>> StartDispatcher(
           c.webhook_secret_file));
     }
   }
-  // A tenant's secret comes from one of its keys; cached by the store's
-  // key lookup, which is cheap.
-  o.secret_for = [store, none_secret](
+  // A tenant's secret comes from one of its live keys. The dispatcher thread
+  // is the only caller, so a plain map caches the answers for a few seconds
+  // (a revoked key stops signing within that time, as it stops calling).
+  struct Cached {
+    absl::StatusOr<std::string> secret;
+    absl::Time until;
+  };
+  auto cache = std::make_shared<std::map<std::string, Cached>>();
+  o.secret_for = [store, none_secret, cache](
                      const std::string& tenant) -> absl::StatusOr<std::string> {
     if (tenant.empty()) {
       if (none_secret.empty()) {
@@ -242,16 +260,30 @@ absl::StatusOr<std::unique_ptr<webhooks::Dispatcher>> StartDispatcher(
       }
       return none_secret;
     }
+    const absl::Time now = absl::Now();
+    if (auto it = cache->find(tenant);
+        it != cache->end() && it->second.until > now) {
+      return it->second.secret;
+    }
     absl::StatusOr<std::vector<store::ApiKey>> keys = store->ListKeys();
     if (!keys.ok()) return keys.status();
+    absl::StatusOr<std::string> secret = absl::FailedPreconditionError(
+        absl::StrCat("tenant \"", tenant, "\" has no live key to sign with"));
     for (const store::ApiKey& k : *keys) {
       if (k.tenant == tenant && !k.revoked.has_value() &&
           !k.webhook_secret.empty()) {
-        return k.webhook_secret;
+        secret = k.webhook_secret;
+        break;
       }
     }
-    return absl::FailedPreconditionError(
-        absl::StrCat("tenant \"", tenant, "\" has no live key to sign with"));
+    (*cache)[tenant] = Cached{secret, now + absl::Seconds(5)};
+    return secret;
+  };
+  o.hooks.on_store_error = [](std::string_view operation,
+                              const absl::Status& s) {
+    Log("warn", "webhook_store_error",
+        {{"operation", std::string(operation)},
+         {"error", std::string(s.message())}});
   };
   o.hooks.on_attempt = [](const webhooks::AttemptReport& a) {
     api::Metrics& m = api::Metrics::Global();
@@ -341,8 +373,7 @@ void RegisterCollectors(core::Tracker* tracker, api::StreamRegistry* registry,
              "Mirror copies that failed after retries, by reason.");
   m.Describe("videogen_generation_duration_seconds", T::kHistogram,
              "From create to COMPLETED, by model and clip duration.",
-             {30, 60, 120, 240, 300, 360, 420, 540, 660, 780, 900, 1200,
-              1800});
+             {30, 60, 120, 240, 300, 360, 420, 540, 660, 780, 900, 1200, 1800});
   m.Describe("videogen_media_store_bytes", T::kGauge,
              "Bytes held by the media store (local store only).");
   m.AddCollector([tracker, registry, store, mirror_stats,
@@ -417,19 +448,188 @@ void GenerationLogSink::OnEvent(core::EventPtr event) {
   Log("info", "generation_updated", std::move(fields));
 }
 
+namespace {
+
+// "ID.SHA256" (or "ID.size-N" for an object of unknown hash): a re-mirrored
+// object gets a new name, so a stale copy is never served for it.
+std::string CacheName(std::string_view id, const media::MediaObject& object) {
+  return object.sha256.empty() ? absl::StrCat(id, ".size-", object.size)
+                               : absl::StrCat(id, ".", object.sha256);
+}
+
+http::MediaFile FileOf(std::string path, const media::MediaObject& object) {
+  return http::MediaFile{std::move(path), object.size, object.content_type,
+                         object.sha256};
+}
+
+}  // namespace
+
+MediaSourceAdapter::MediaSourceAdapter(media::MediaStore* store,
+                                       int64_t cache_bytes)
+    : store_(store),
+      cache_bytes_(cache_bytes),
+      cache_dir_(store != nullptr ? store->staging_dir() + "/http-cache"
+                                  : std::string()) {}
+
 absl::StatusOr<http::MediaFile> MediaSourceAdapter::Open(
     std::string_view /*tenant_scope*/, std::string_view generation_id) {
   if (store_ == nullptr) {
     return absl::NotFoundError("mirroring is off on this server");
   }
+  // Asked every time, also for a cached copy: the store is the truth
+  // (retention may have removed the object since).
   absl::StatusOr<media::MediaObject> obj = store_->Open(generation_id);
+  if (absl::IsNotFound(obj.status())) Forget(generation_id);
   if (!obj.ok()) return obj.status();
-  if (obj->local_path.empty()) {
-    return absl::UnimplementedError(
-        "this server mirrors to S3; fetch the object from the bucket");
+  if (!obj->local_path.empty()) return FileOf(obj->local_path, *obj);
+  return OpenCached(generation_id, *obj);
+}
+
+absl::StatusOr<http::MediaFile> MediaSourceAdapter::OpenCached(
+    std::string_view id, const media::MediaObject& object) {
+  absl::call_once(cache_once_, [this] { cache_status_ = PrepareCache(); });
+  if (!cache_status_.ok()) return cache_status_;
+  const std::string name = CacheName(id, object);
+  const std::string path = absl::StrCat(cache_dir_, "/", name);
+  std::shared_ptr<Fetching> fetch;
+  bool leader = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = cached_.find(name); it != cached_.end()) {
+      it->second.last_used = ++tick_;
+      return FileOf(path, object);
+    }
+    auto [it, inserted] = fetching_.try_emplace(name);
+    if (inserted) it->second = std::make_shared<Fetching>();
+    leader = inserted;
+    fetch = it->second;
   }
-  return http::MediaFile{obj->local_path, obj->size, obj->content_type,
-                         obj->sha256};
+  if (!leader) {
+    fetch->done.WaitForNotification();
+    if (!fetch->status.ok()) return fetch->status;
+    return FileOf(path, object);
+  }
+  absl::Status s = Fetch(id, object, path);
+  std::vector<std::string> victims;
+  {
+    absl::MutexLock lock(&mu_);
+    fetching_.erase(name);
+    if (s.ok()) {
+      cached_[name] = Cached{object.size, ++tick_};
+      cached_total_ += object.size;
+      victims = EvictLocked(name);
+    }
+  }
+  fetch->status = s;
+  fetch->done.Notify();
+  for (const std::string& v : victims) {
+    unlink(absl::StrCat(cache_dir_, "/", v).c_str());
+  }
+  if (!s.ok()) return s;
+  return FileOf(path, object);
+}
+
+absl::Status MediaSourceAdapter::PrepareCache() {
+  std::error_code ec;
+  std::filesystem::create_directories(cache_dir_, ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("media cache ", cache_dir_, ": ", ec.message()));
+  }
+  // Copies of an earlier process may belong to media purged since.
+  for (const auto& e : std::filesystem::directory_iterator(cache_dir_, ec)) {
+    std::filesystem::remove(e.path(), ec);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MediaSourceAdapter::Fetch(std::string_view id,
+                                       const media::MediaObject& object,
+                                       const std::string& path) {
+  const std::string temp =
+      absl::StrCat(cache_dir_, "/.part-", CacheName(id, object), "-",
+                   temp_counter_.fetch_add(1));
+  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return absl::InternalError(
+        absl::StrCat("media cache: cannot create a file in ", cache_dir_));
+  }
+  media::Sha256 hash;
+  int64_t got = 0;
+  bool write_failed = false;
+  absl::Status s =
+      store_->Read(id, 0, object.size, [&](std::string_view chunk) {
+        const char* p = chunk.data();
+        size_t left = chunk.size();
+        while (left > 0) {
+          ssize_t n = ::write(fd, p, left);
+          if (n < 0 && errno == EINTR) continue;
+          if (n < 0) {
+            write_failed = true;
+            return false;
+          }
+          p += n;
+          left -= static_cast<size_t>(n);
+        }
+        hash.Update(absl::string_view(chunk.data(), chunk.size()));
+        got += static_cast<int64_t>(chunk.size());
+        return true;
+      });
+  if (::close(fd) != 0) write_failed = true;
+  if (s.ok() && write_failed) {
+    s = absl::InternalError("media cache: write failed (disk full?)");
+  } else if (s.ok() && got != object.size) {
+    s = absl::DataLossError(
+        absl::StrCat("media store sent ", got, " bytes of ", object.size));
+  } else if (s.ok() && !object.sha256.empty() &&
+             hash.HexDigest() != object.sha256) {
+    s = absl::DataLossError(
+        "the media store's copy does not match its SHA-256");
+  }
+  if (s.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
+    s = absl::InternalError("media cache: rename failed");
+  }
+  if (!s.ok()) ::unlink(temp.c_str());
+  return s;
+}
+
+std::vector<std::string> MediaSourceAdapter::EvictLocked(
+    const std::string& keep) {
+  std::vector<std::string> victims;
+  while (cached_total_ > cache_bytes_ && cached_.size() > 1) {
+    auto oldest = cached_.end();
+    for (auto it = cached_.begin(); it != cached_.end(); ++it) {
+      if (it->first == keep) continue;
+      if (oldest == cached_.end() ||
+          it->second.last_used < oldest->second.last_used) {
+        oldest = it;
+      }
+    }
+    cached_total_ -= oldest->second.size;
+    victims.push_back(oldest->first);
+    cached_.erase(oldest);
+  }
+  return victims;
+}
+
+void MediaSourceAdapter::Forget(std::string_view id) {
+  const std::string prefix = absl::StrCat(id, ".");
+  std::vector<std::string> victims;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = cached_.begin(); it != cached_.end();) {
+      if (absl::StartsWith(it->first, prefix)) {
+        cached_total_ -= it->second.size;
+        victims.push_back(it->first);
+        cached_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (const std::string& v : victims) {
+    ::unlink(absl::StrCat(cache_dir_, "/", v).c_str());
+  }
 }
 
 }  // namespace videogen::app
