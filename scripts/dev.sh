@@ -24,7 +24,7 @@ APT_PACKAGES=(
   wrk yamllint python3-yaml prometheus tmux bsdutils procps openssl
   libboost-dev libssl-dev golang-github-gogo-googleapis-dev
   libpq-dev postgresql-15 nginx
-  clang libclang-rt-14-dev python3-botocore
+  clang libclang-rt-14-dev python3-botocore chromium
   golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev
   golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
 )
