@@ -99,6 +99,10 @@ void StreamSink::OnEvent(core::EventPtr event) {
     // The client stopped reading: free the backlog now, end the stream.
     overflowed_ = true;
     backlog_.clear();
+    // Wake even if a wake-up is pending: that one may have run already and
+    // found a write stuck in flight, and the stream must learn of the
+    // overflow now to unsubscribe (not when the stuck write ends).
+    wake_armed_ = false;
     WakeLocked();
     return;
   }

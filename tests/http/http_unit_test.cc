@@ -254,6 +254,20 @@ TEST(StreamSinkTest, InitialSnapshotsDoNotCountAgainstTheBacklog) {
   EXPECT_TRUE(sink.overflowed());
 }
 
+TEST(StreamSinkTest, OverflowWakesEvenWhenAWakeIsPending) {
+  StreamSink sink(/*single=*/true, 0, 3);
+  int wakes = 0;
+  sink.Start([&] { ++wakes; });
+  sink.OnEvent(Event("g", 1));
+  EXPECT_EQ(wakes, 1);  // armed until the stream Takes
+  sink.OnEvent(Event("g", 2));
+  sink.OnEvent(Event("g", 3));
+  EXPECT_EQ(wakes, 1);
+  sink.OnEvent(Event("g", 4));  // over the bound
+  EXPECT_EQ(wakes, 2);
+  EXPECT_TRUE(sink.overflowed());
+}
+
 TEST(StreamSinkTest, SubscriptionHandOffIsExactlyOnce) {
   StreamSink open(true, 0, 4);
   EXPECT_TRUE(open.AttachSubscription(7));
