@@ -40,40 +40,24 @@ absl::Status MemoryStore::Admit(const Record& record,
   const absl::Time now = CreateTime(record.generation);
   const absl::Time minute_ago = now - absl::Seconds(60);
   const absl::Time period_start = now - admission.budget_period;
-  int64_t active = 0, recent = 0, seconds = 0;
-  absl::Time oldest_recent = absl::InfiniteFuture();
-  absl::Time oldest_counted = absl::InfiniteFuture();
+  internal::TenantUsage u;
   for (const auto& [id, row] : records_) {
     const v1::Generation& g = row.record.generation;
     if (g.tenant() != tenant) continue;
-    if (!g.done()) ++active;
+    if (!g.done()) ++u.active;
     const absl::Time created = CreateTime(g);
     if (created > minute_ago) {
-      ++recent;
-      oldest_recent = std::min(oldest_recent, created);
+      ++u.recent;
+      u.oldest_recent = std::min(u.oldest_recent, created);
     }
     if (created > period_start && g.state() != v1::Generation::STATE_FAILED) {
-      seconds += g.request().duration_seconds();
-      oldest_counted = std::min(oldest_counted, created);
+      u.seconds += g.request().duration_seconds();
+      u.oldest_counted = std::min(u.oldest_counted, created);
     }
   }
-  if (admission.max_concurrent > 0 && active >= admission.max_concurrent) {
-    return internal::MaxConcurrentExceeded(tenant, admission.max_concurrent,
-                                           active);
-  }
-  if (admission.creates_per_minute > 0 &&
-      recent >= admission.creates_per_minute) {
-    return internal::CreatesPerMinuteExceeded(
-        tenant, admission.creates_per_minute, recent, oldest_recent, now);
-  }
-  const int64_t wanted = record.generation.request().duration_seconds();
-  if (admission.video_seconds_budget > 0 &&
-      seconds + wanted > admission.video_seconds_budget) {
-    return internal::BudgetExceeded(tenant, admission.video_seconds_budget,
-                                    admission.budget_period, seconds, wanted,
-                                    oldest_counted);
-  }
-  return absl::OkStatus();
+  return internal::AdmitUsage(tenant, admission, u,
+                              record.generation.request().duration_seconds(),
+                              now);
 }
 
 absl::Status MemoryStore::Insert(const Record& record,

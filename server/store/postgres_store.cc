@@ -469,26 +469,14 @@ absl::Status PostgresStore::CheckAdmission(pg::Connection& conn,
     if (existing != nullptr) *existing = std::move(*rec);
     return RequestIdTaken(g.request().request_id(), row.Text(0));
   }
-  const std::string& tenant = g.tenant();
-  const int64_t active = row.Int(1), recent = row.Int(2), used = row.Int(4);
-  if (admission.max_concurrent > 0 && active >= admission.max_concurrent) {
-    return internal::MaxConcurrentExceeded(tenant, admission.max_concurrent,
-                                           active);
-  }
-  if (admission.creates_per_minute > 0 &&
-      recent >= admission.creates_per_minute) {
-    return internal::CreatesPerMinuteExceeded(
-        tenant, admission.creates_per_minute, recent, pg::FromNs(row.Int(3)),
-        pg::FromNs(now));
-  }
-  const int64_t wanted = g.request().duration_seconds();
-  if (admission.video_seconds_budget > 0 &&
-      used + wanted > admission.video_seconds_budget) {
-    return internal::BudgetExceeded(
-        tenant, admission.video_seconds_budget, admission.budget_period, used,
-        wanted, row.IsNull(5) ? pg::FromNs(now) : pg::FromNs(row.Int(5)));
-  }
-  return absl::OkStatus();
+  internal::TenantUsage u;
+  u.active = row.Int(1);
+  u.recent = row.Int(2);
+  u.oldest_recent = pg::FromNs(row.Int(3));
+  u.seconds = row.Int(4);
+  if (!row.IsNull(5)) u.oldest_counted = pg::FromNs(row.Int(5));
+  return internal::AdmitUsage(g.tenant(), admission, u,
+                              g.request().duration_seconds(), pg::FromNs(now));
 }
 
 absl::Status PostgresStore::InsertLocked(pg::Connection& conn,

@@ -89,6 +89,38 @@ inline absl::Status BudgetExceeded(const std::string& tenant, int64_t budget,
       " as the oldest leave the period"));
 }
 
+// A tenant's use of its quotas, counted in one pass by stores that count
+// everything at once (memory, PostgreSQL).
+struct TenantUsage {
+  int64_t active = 0;  // non-terminal generations
+  int64_t recent = 0;  // created in the last 60 s
+  absl::Time oldest_recent = absl::InfiniteFuture();
+  int64_t seconds = 0;  // video seconds in the budget period, FAILED excluded
+  absl::Time oldest_counted = absl::InfiniteFuture();
+};
+
+// The admission decision (design.md §7) for a create of `wanted` seconds.
+inline absl::Status AdmitUsage(const std::string& tenant,
+                               const Admission& admission, const TenantUsage& u,
+                               int64_t wanted, absl::Time now) {
+  if (admission.max_concurrent > 0 && u.active >= admission.max_concurrent) {
+    return MaxConcurrentExceeded(tenant, admission.max_concurrent, u.active);
+  }
+  if (admission.creates_per_minute > 0 &&
+      u.recent >= admission.creates_per_minute) {
+    return CreatesPerMinuteExceeded(tenant, admission.creates_per_minute,
+                                    u.recent, u.oldest_recent, now);
+  }
+  if (admission.video_seconds_budget > 0 &&
+      u.seconds + wanted > admission.video_seconds_budget) {
+    return BudgetExceeded(
+        tenant, admission.video_seconds_budget, admission.budget_period,
+        u.seconds, wanted,
+        u.oldest_counted == absl::InfiniteFuture() ? now : u.oldest_counted);
+  }
+  return absl::OkStatus();
+}
+
 // A copy of `g` without webhook_status, which is stored beside the record
 // (SetWebhookStatus), never in it.
 inline const v1::Generation& WithoutWebhookStatus(const v1::Generation& g,
