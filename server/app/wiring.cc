@@ -453,8 +453,10 @@ namespace {
 // "ID.SHA256" (or "ID.size-N" for an object of unknown hash): a re-mirrored
 // object gets a new name, so a stale copy is never served for it.
 std::string CacheName(std::string_view id, const media::MediaObject& object) {
-  return object.sha256.empty() ? absl::StrCat(id, ".size-", object.size)
-                               : absl::StrCat(id, ".", object.sha256);
+  // Abseil's string_view is not std::string_view on Debian 12.
+  const absl::string_view name(id.data(), id.size());
+  return object.sha256.empty() ? absl::StrCat(name, ".size-", object.size)
+                               : absl::StrCat(name, ".", object.sha256);
 }
 
 http::MediaFile FileOf(std::string path, const media::MediaObject& object) {
@@ -613,7 +615,8 @@ std::vector<std::string> MediaSourceAdapter::EvictLocked(
 }
 
 void MediaSourceAdapter::Forget(std::string_view id) {
-  const std::string prefix = absl::StrCat(id, ".");
+  const std::string prefix =
+      absl::StrCat(absl::string_view(id.data(), id.size()), ".");
   std::vector<std::string> victims;
   {
     absl::MutexLock lock(&mu_);
