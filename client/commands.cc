@@ -155,6 +155,9 @@ DownloadOptions BaseDownloadOptions(OutputMode mode, const std::string& path) {
   DownloadOptions options;
   options.path = path;
   options.progress = mode == OutputMode::kTty;
+  options.note = [](absl::string_view note) {
+    std::cerr << "note: " << ForTerminal(note) << std::endl;
+  };
   return options;
 }
 

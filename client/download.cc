@@ -321,17 +321,39 @@ absl::StatusOr<std::string> FileSha256(const std::string& path) {
   return hex;
 }
 
+namespace {
+
+// OK when the file at `path` has SHA-256 `want`; else DATA_LOSS, and the
+// file is removed: resuming it could never succeed.
+absl::Status CheckSha256(const std::string& path, const std::string& want) {
+  absl::StatusOr<std::string> actual = FileSha256(path);
+  if (!actual.ok()) return actual.status();
+  if (*actual == absl::AsciiStrToLower(want)) return absl::OkStatus();
+  std::remove(path.c_str());
+  return absl::DataLossError(absl::StrCat(path, " has SHA-256 ", *actual,
+                                          " but the server's copy has ", want,
+                                          "; the file was removed"));
+}
+
+}  // namespace
+
 absl::StatusOr<DownloadResult> Download(const DownloadOptions& options) {
   absl::StatusOr<DownloadResult> result = Fetch(options);
   if (!result.ok() || options.sha256.empty()) return result;
-  absl::StatusOr<std::string> actual = FileSha256(options.path);
-  if (!actual.ok()) return actual.status();
-  if (*actual != absl::AsciiStrToLower(options.sha256)) {
-    std::remove(options.path.c_str());
-    return absl::DataLossError(absl::StrCat(
-        options.path, " has SHA-256 ", *actual, " but the server's copy has ",
-        options.sha256, "; the file was removed, run the command again"));
+  absl::Status checked = CheckSha256(options.path, options.sha256);
+  if (checked.code() == absl::StatusCode::kDataLoss &&
+      result->resumed_from > 0) {
+    // The bytes that were on disk before may be another file's (a stale
+    // download under the same name): once more, from nothing.
+    if (options.note) {
+      options.note(absl::StrCat(checked.message(),
+                                "; downloading it again from the start"));
+    }
+    result = Fetch(options);
+    if (!result.ok()) return result;
+    checked = CheckSha256(options.path, options.sha256);
   }
+  if (!checked.ok()) return checked;
   result->sha256_verified = true;
   return result;
 }

@@ -1,9 +1,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace videogen::client {
@@ -25,6 +27,8 @@ struct DownloadOptions {
   std::string source_name = "the video URL";
   // Lowercase hex SHA-256 the finished file must have; "" = not checked.
   std::string sha256;
+  // Told what the user should know on the way (a file started over).
+  std::function<void(absl::string_view)> note;
 };
 
 struct DownloadResult {
@@ -38,7 +42,8 @@ struct DownloadResult {
 // Range request; a server that ignores ranges gets a fresh download. The
 // final size is checked against Content-Range/Content-Length and
 // `expected_size` when known (DATA_LOSS on mismatch), and its SHA-256
-// against `sha256` when set (DATA_LOSS on mismatch; the file is removed, as
+// against `sha256` when set: a resumed file that fails is fetched once more
+// from the start; DATA_LOSS when that fails too (the file is removed, as
 // resuming it could never succeed). Blocking; any thread.
 absl::StatusOr<DownloadResult> Download(const DownloadOptions& options);
 
