@@ -1,8 +1,9 @@
 // Test harness: runs the real videogen-sim and videogen-server binaries on
 // free loopback ports. Binaries come from the environment (set by ctest):
 // VIDEOGEN_SERVER_BIN, VIDEOGEN_SIM_BIN. A missing one is an error.
-const { spawn } = require('node:child_process');
+const { spawn, execFileSync } = require('node:child_process');
 const fs = require('node:fs');
+const os = require('node:os');
 const path = require('node:path');
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
@@ -63,27 +64,45 @@ class Process {
   }
 }
 
-// videogen-sim plus a videogen-server that polls it.
+// `videogen-server keys create` against the server's store: the JSON object
+// it prints (key, key_id, webhook_secret, ...).
+function createKey(serverBin, dataDir, tenant) {
+  const out = execFileSync(serverBin, ['keys', 'create', `--tenant=${tenant}`,
+    '--store=sqlite', `--data_dir=${dataDir}`], { timeout: START_TIMEOUT_MS });
+  return JSON.parse(out.toString());
+}
+
+// videogen-sim plus a videogen-server (API keys on, the default) that polls
+// it. `key` belongs to tenant "polyglot", `otherKey` to "other".
 async function startStack() {
-  const key = 'polyglot-key';
+  const upstreamKey = 'polyglot-upstream-key';
+  const serverBin = requiredEnv('VIDEOGEN_SERVER_BIN');
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'videogen-polyglot-'));
+  const { key } = createKey(serverBin, dataDir, 'polyglot');
+  const otherKey = createKey(serverBin, dataDir, 'other').key;
   const sim = new Process([requiredEnv('VIDEOGEN_SIM_BIN'), '--listen=127.0.0.1:0',
-    `--key=${key}`, '--queued_for=300ms', '--generating_for=600ms']);
+    `--key=${upstreamKey}`, '--queued_for=300ms', '--generating_for=600ms']);
   const simUrl = (await sim.waitFor(/listening on (http:\/\/127\.0\.0\.1:\d+)/))[1];
-  const server = new Process([requiredEnv('VIDEOGEN_SERVER_BIN'), '--listen=127.0.0.1:0',
-    `--upstream_url=${simUrl}`, '--store=memory', '--poll_initial_delay=100ms',
-    '--poll_interval=150ms'], { AIMLAPI_KEY: key });
+  const server = new Process([serverBin, '--listen=127.0.0.1:0',
+    `--upstream_url=${simUrl}`, '--store=sqlite', `--data_dir=${dataDir}`,
+    '--poll_initial_delay=100ms', '--poll_interval=150ms'], { AIMLAPI_KEY: upstreamKey });
+  const removeData = () => fs.rmSync(dataDir, { recursive: true, force: true });
   let line;
   try {
     line = (await server.waitFor(/.*"event":\s*"server_listening".*/))[0];
   } catch (err) {
     await sim.stop();
+    removeData();
     throw err;
   }
   return {
     address: JSON.parse(line).address,
+    key,
+    otherKey,
     async stop() {
       await server.stop();
       await sim.stop();
+      removeData();
     },
   };
 }

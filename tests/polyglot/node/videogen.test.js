@@ -14,6 +14,8 @@ const quiet = () => {};
 
 before(async () => {
   stack = await startStack();
+  // The example reads the key from the environment, as a user's script would.
+  process.env.VIDEOGEN_API_KEY = stack.key;
   client = connect(stack.address, PROTO_DIR);
 });
 
@@ -95,6 +97,53 @@ test('an invalid request is INVALID_ARGUMENT', async () => {
     assert.match(err.details, /duration_seconds/);
     return true;
   });
+});
+
+function getGeneration(c, id) {
+  return new Promise((resolve, reject) => {
+    c.getGeneration({ id }, (err, g) => (err ? reject(err) : resolve(g)));
+  });
+}
+
+test('a missing or unknown key is UNAUTHENTICATED', async () => {
+  assert.throws(() => connect(stack.address, PROTO_DIR, ''), /VIDEOGEN_API_KEY/);
+  const wrong = connect(stack.address, PROTO_DIR, 'vgk_not_a_real_key');
+  try {
+    await assert.rejects(getGeneration(wrong, 'no-such-id'), (err) => {
+      assert.equal(err.code, grpc.status.UNAUTHENTICATED);
+      assert.doesNotMatch(err.details, /vgk_not_a_real_key/);
+      return true;
+    });
+    await assert.rejects(watch(wrong, 'no-such-id', { onEvent: quiet }),
+      (err) => err.code === grpc.status.UNAUTHENTICATED);
+  } finally {
+    wrong.close();
+  }
+  // The same client class without the interceptor: no authorization at all.
+  const bare = new client.constructor(stack.address, grpc.credentials.createInsecure());
+  try {
+    await assert.rejects(getGeneration(bare, 'no-such-id'),
+      (err) => err.code === grpc.status.UNAUTHENTICATED);
+  } finally {
+    bare.close();
+  }
+});
+
+test('tenants do not see each other', async () => {
+  const request = { prompt: 'a lighthouse', requestId: crypto.randomUUID() };
+  const other = connect(stack.address, PROTO_DIR, stack.otherKey);
+  try {
+    const create = (c) => new Promise((resolve, reject) => {
+      c.createGeneration(request, (err, g) => (err ? reject(err) : resolve(g)));
+    });
+    const mine = await create(client);
+    const theirs = await create(other); // same requestId, another tenant
+    assert.notEqual(theirs.id, mine.id);
+    await assert.rejects(getGeneration(other, mine.id),
+      (err) => err.code === grpc.status.NOT_FOUND);
+  } finally {
+    other.close();
+  }
 });
 
 test('an unknown id is NOT_FOUND', async () => {

@@ -1,9 +1,13 @@
 // Generate a video from Node with @grpc/grpc-js and @grpc/proto-loader,
-// loading proto/ at run time (no code generation step).
+// loading proto/ at run time (no code generation step). Every call carries
+// your API key (`videogen-server keys create --tenant=NAME` prints one) as
+// `authorization: Bearer KEY`; by default it comes from VIDEOGEN_API_KEY.
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
-function connect(address = '127.0.0.1:50051', protoDir = 'proto') {
+function connect(address = '127.0.0.1:50051', protoDir = 'proto',
+  apiKey = process.env.VIDEOGEN_API_KEY) {
+  if (!apiKey) throw new Error('set VIDEOGEN_API_KEY to your videogen API key');
   const definition = protoLoader.loadSync('videogen/v1/video_generation.proto', {
     includeDirs: [protoDir], // google/protobuf/timestamp.proto is bundled
     longs: Number, // int64 revision as a JS number
@@ -11,7 +15,15 @@ function connect(address = '127.0.0.1:50051', protoDir = 'proto') {
     defaults: true,
   });
   const { VideoGeneration } = grpc.loadPackageDefinition(definition).videogen.v1;
-  return new VideoGeneration(address, grpc.credentials.createInsecure());
+  // Adds the key to every call made through this client.
+  const withKey = (options, nextCall) => new grpc.InterceptingCall(nextCall(options), {
+    start(metadata, listener, next) {
+      metadata.set('authorization', `Bearer ${apiKey}`);
+      next(metadata, listener);
+    },
+  });
+  return new VideoGeneration(address, grpc.credentials.createInsecure(),
+    { interceptors: [withKey] });
 }
 
 function printEvent(event) {
@@ -38,7 +50,7 @@ function follow(call, onEvent) {
       onEvent(event);
       if (event.type !== 'TYPE_HEARTBEAT') last = event.generation;
     });
-    call.on('error', reject); // err.code is a grpc.status, e.g. NOT_FOUND
+    call.on('error', reject); // err.code is a grpc.status, e.g. UNAUTHENTICATED
     call.on('end', () => resolve(last));
   });
 }

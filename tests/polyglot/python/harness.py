@@ -7,6 +7,7 @@ VIDEOGEN_SIM_BIN. A missing one is an error, never a skip.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,27 +82,46 @@ class Process:
             os.unlink(f.name)
 
 
+def create_key(server_bin, data_dir, tenant):
+    """`videogen-server keys create` against the server's store: the JSON
+    object it prints (key, key_id, webhook_secret, ...)."""
+    p = subprocess.run(
+        [server_bin, "keys", "create", f"--tenant={tenant}", "--store=sqlite",
+         f"--data_dir={data_dir}"],
+        capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    if p.returncode != 0:
+        raise RuntimeError(f"keys create failed ({p.returncode}): {p.stderr}")
+    return json.loads(p.stdout)
+
+
 class Stack:
-    """videogen-sim plus a videogen-server that polls it."""
+    """videogen-sim plus a videogen-server (API keys on, the default) that
+    polls it. `key` belongs to tenant "polyglot", `other_key` to "other"."""
 
     def __init__(self):
-        key = "polyglot-key"
+        upstream_key = "polyglot-upstream-key"
+        server_bin = required_env("VIDEOGEN_SERVER_BIN")
+        self.data_dir = tempfile.mkdtemp(prefix="videogen-polyglot-")
+        self.key = create_key(server_bin, self.data_dir, "polyglot")["key"]
+        self.other_key = create_key(server_bin, self.data_dir, "other")["key"]
         self.sim = Process([required_env("VIDEOGEN_SIM_BIN"),
-                            "--listen=127.0.0.1:0", f"--key={key}",
+                            "--listen=127.0.0.1:0", f"--key={upstream_key}",
                             "--queued_for=300ms", "--generating_for=600ms"])
         sim_url = self.sim.wait_for(r"listening on (http://127\.0\.0\.1:\d+)")[1]
         self.server = Process(
-            [required_env("VIDEOGEN_SERVER_BIN"), "--listen=127.0.0.1:0",
-             f"--upstream_url={sim_url}", "--store=memory",
+            [server_bin, "--listen=127.0.0.1:0", f"--upstream_url={sim_url}",
+             "--store=sqlite", f"--data_dir={self.data_dir}",
              "--poll_initial_delay=100ms", "--poll_interval=150ms"],
-            env={"AIMLAPI_KEY": key})
+            env={"AIMLAPI_KEY": upstream_key})
         try:
             line = self.server.wait_for(r'.*"event":\s*"server_listening".*')[0]
         except BaseException:
             self.sim.stop()
+            shutil.rmtree(self.data_dir, ignore_errors=True)
             raise
         self.address = json.loads(line)["address"]
 
     def stop(self):
         self.server.stop()
         self.sim.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -1,5 +1,6 @@
 """Python client against the real videogen-server and videogen-sim, through
 stubs generated at test time. Uses the README's snippet (videogen_example)."""
+import os
 import unittest
 import uuid
 
@@ -18,6 +19,8 @@ TIMEOUT_S = 60
 def setUpModule():
     global STACK
     STACK = harness.Stack()
+    # The example reads the key from the environment, as a user's script would.
+    os.environ["VIDEOGEN_API_KEY"] = STACK.key
 
 
 def tearDownModule():
@@ -58,7 +61,8 @@ class PolyglotPythonTest(unittest.TestCase):
     def test_watch_resumes_after_revision(self):
         request = pb.GenerateRequest(prompt="waves at dusk",
                                      request_id=str(uuid.uuid4()))
-        call = self.stub.Generate(request, timeout=TIMEOUT_S)
+        call = self.stub.Generate(request, timeout=TIMEOUT_S,
+                                  metadata=videogen_example.auth())
         first = next(call)
         call.cancel()  # the "dropped" stream
         seen = first.generation.revision
@@ -81,9 +85,42 @@ class PolyglotPythonTest(unittest.TestCase):
     def test_same_request_id_is_the_same_generation(self):
         request = pb.GenerateRequest(prompt="a lighthouse",
                                      request_id=str(uuid.uuid4()))
-        a = self.stub.CreateGeneration(request, timeout=TIMEOUT_S)
-        b = self.stub.CreateGeneration(request, timeout=TIMEOUT_S)
+        a = self.stub.CreateGeneration(request, timeout=TIMEOUT_S,
+                                       metadata=videogen_example.auth())
+        b = self.stub.CreateGeneration(request, timeout=TIMEOUT_S,
+                                       metadata=videogen_example.auth())
         self.assertEqual(a.id, b.id)
+        # The same request_id from another tenant is another generation, and
+        # neither tenant sees the other's.
+        c = self.stub.CreateGeneration(
+            request, timeout=TIMEOUT_S,
+            metadata=videogen_example.auth(STACK.other_key))
+        self.assertNotEqual(c.id, a.id)
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub.GetGeneration(
+                pb.GetGenerationRequest(id=a.id), timeout=TIMEOUT_S,
+                metadata=videogen_example.auth(STACK.other_key))
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+    def test_missing_or_unknown_key_is_unauthenticated(self):
+        request = pb.GetGenerationRequest(id="no-such-id")
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub.GetGeneration(request, timeout=TIMEOUT_S)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub.GetGeneration(
+                request, timeout=TIMEOUT_S,
+                metadata=videogen_example.auth("vgk_not_a_real_key"))
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        self.assertNotIn("vgk_not_a_real_key", cm.exception.details())
+        # The example without any key at hand says what to do.
+        saved = os.environ.pop("VIDEOGEN_API_KEY")
+        try:
+            with self.assertRaisesRegex(RuntimeError, "VIDEOGEN_API_KEY"):
+                videogen_example.generate(self.stub, "no key",
+                                          on_event=lambda e: None)
+        finally:
+            os.environ["VIDEOGEN_API_KEY"] = saved
 
     def test_invalid_request_is_invalid_argument(self):
         with self.assertRaises(grpc.RpcError) as cm:
@@ -93,19 +130,22 @@ class PolyglotPythonTest(unittest.TestCase):
 
         bad = pb.GenerateRequest(prompt="ok", duration_seconds=7)
         with self.assertRaises(grpc.RpcError) as cm:
-            self.stub.CreateGeneration(bad, timeout=TIMEOUT_S)
+            self.stub.CreateGeneration(bad, timeout=TIMEOUT_S,
+                                       metadata=videogen_example.auth())
         self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("duration_seconds", cm.exception.details())
 
     def test_unknown_id_is_not_found(self):
         with self.assertRaises(grpc.RpcError) as cm:
             self.stub.GetGeneration(pb.GetGenerationRequest(id="no-such-id"),
-                                    timeout=TIMEOUT_S)
+                                    timeout=TIMEOUT_S,
+                                    metadata=videogen_example.auth())
         self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
         with self.assertRaises(grpc.RpcError) as cm:
             videogen_example.watch(self.stub, "no-such-id",
                                    on_event=lambda e: None)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
+
 
 
 if __name__ == "__main__":
