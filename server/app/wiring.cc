@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <filesystem>
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -16,6 +17,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "server/api/log.h"
 #include "server/api/metrics.h"
+#include "server/api/request_errors.h"
 #include "server/media/sha256.h"
 #include "server/store/memory_store.h"
 #include "server/store/postgres_store.h"
@@ -98,6 +100,23 @@ void ApplyChannelArgs(const Config& c, grpc::ServerBuilder& builder) {
                              c.max_concurrent_streams_per_connection);
   builder.SetMaxReceiveMessageSize(c.max_message_bytes);
 }
+
+// Drops the reflection service's builder plugin (see StartGrpc).
+class WithoutReflection : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(
+      std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins)
+      override {
+    plugins->erase(
+        std::remove_if(plugins->begin(), plugins->end(),
+                       [](const std::unique_ptr<grpc::ServerBuilderPlugin>& p) {
+                         return p->name().find("reflection") !=
+                                std::string::npos;
+                       }),
+        plugins->end());
+  }
+};
 
 }  // namespace
 
@@ -325,19 +344,28 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpc(
       Credentials(c);
   if (!creds.ok()) return creds.status();
   grpc::EnableDefaultHealthCheckService(true);
-  if (c.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  api::RouteProtobufLogs();
   grpc::ServerBuilder builder;
+  if (c.reflection) {
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  } else {
+    // Linking grpc++_reflection registers its plugin at static init, so
+    // reflection would be on whatever the flag says: take it out.
+    builder.SetOption(std::make_unique<WithoutReflection>());
+  }
   builder.AddListeningPort(c.listen, *creds, port);
   builder.RegisterService(service);
   ApplyChannelArgs(c, builder);
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  // First, so the metrics count the code it rewrites.
+  interceptors.push_back(std::make_unique<api::BadRequestInterceptorFactory>());
   if (metrics_on) {
-    std::vector<
-        std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
-        interceptors;
     interceptors.push_back(
         std::make_unique<api::GrpcMetricsInterceptorFactory>());
-    builder.experimental().SetInterceptorCreators(std::move(interceptors));
   }
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || *port == 0) {
     return absl::UnavailableError(

@@ -342,6 +342,19 @@ TEST_F(ServiceE2eTest, EveryValidationErrorHasItsCode) {
       {"request id charset", bad([](R& r) { r.set_request_id("a b"); })},
       {"request id length",
        bad([](R& r) { r.set_request_id(std::string(129, 'a')); })},
+      // Issue 14: text that is "nothing" or carries control characters.
+      {"nbsp prompt", bad([](R& r) { r.set_prompt("\u00a0\u00a0"); })},
+      {"ideographic space prompt", bad([](R& r) { r.set_prompt("\u3000"); })},
+      {"zero width space prompt",
+       bad([](R& r) { r.set_prompt("\u200b\u200b\u200b"); })},
+      {"mixed unicode blank prompt",
+       bad([](R& r) { r.set_prompt(" \u00a0\u3000\u200b\t"); })},
+      {"NUL in prompt",
+       bad([](R& r) { r.set_prompt(std::string("a red\0fox", 9)); })},
+      {"NUL-only prompt",
+       bad([](R& r) { r.set_prompt(std::string(1, '\0')); })},
+      {"escape in negative prompt",
+       bad([](R& r) { r.set_negative_prompt("blur\x1b[31m"); })},
   };
   for (const auto& [name, req] : cases) {
     grpc::ClientContext ctx;
@@ -366,6 +379,29 @@ TEST_F(ServiceE2eTest, EveryValidationErrorHasItsCode) {
   list.set_page_size(1);
   list.set_page_token("garbage");
   EXPECT_EQ(server_.stub->ListGenerations(&tok_ctx, list, &resp).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  // An enum value the server does not know, in a states filter.
+  grpc::ClientContext states_ctx;
+  v1::ListGenerationsRequest by_state;
+  by_state.add_states(static_cast<Generation::State>(99));
+  grpc::Status states_status =
+      server_.stub->ListGenerations(&states_ctx, by_state, &resp);
+  EXPECT_EQ(states_status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_FALSE(states_status.error_message().empty());
+  grpc::ClientContext watch_states_ctx;
+  v1::WatchGenerationsRequest watch_states;
+  watch_states.add_states(static_cast<Generation::State>(99));
+  auto states_reader =
+      server_.stub->WatchGenerations(&watch_states_ctx, watch_states);
+  EXPECT_EQ(ReadAll(states_reader.get()).status.error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  grpc::ClientContext unspecified_ctx;
+  v1::WatchGenerationsRequest unspecified;
+  unspecified.add_states(Generation::STATE_UNSPECIFIED);
+  auto unspecified_reader =
+      server_.stub->WatchGenerations(&unspecified_ctx, unspecified);
+  EXPECT_EQ(ReadAll(unspecified_reader.get()).status.error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
 
   grpc::ClientContext get_ctx;
@@ -435,7 +471,7 @@ TEST_F(ServiceE2eTest, SigtermDrainsStreamsWithUnavailableAndExitsZero) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(5 + 2));
 }
 
-TEST_F(ServiceE2eTest, HealthAndReflectionListTheService) {
+TEST_F(ServiceE2eTest, HealthServesAndReflectionIsOffByDefault) {
   auto health = grpc::health::v1::Health::NewStub(server_.channel);
   for (const char* service : {"", "videogen.v1.VideoGeneration"}) {
     grpc::ClientContext ctx;
@@ -445,9 +481,25 @@ TEST_F(ServiceE2eTest, HealthAndReflectionListTheService) {
     ASSERT_TRUE(health->Check(&ctx, req, &resp).ok()) << service;
     EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
   }
-
+  // Reflection would let anyone list the API: off unless --reflection.
   auto reflection =
       grpc::reflection::v1alpha::ServerReflection::NewStub(server_.channel);
+  grpc::ClientContext ctx;
+  auto stream = reflection->ServerReflectionInfo(&ctx);
+  grpc::reflection::v1alpha::ServerReflectionRequest req;
+  req.set_list_services("");
+  stream->Write(req);
+  stream->WritesDone();
+  grpc::reflection::v1alpha::ServerReflectionResponse resp;
+  EXPECT_FALSE(stream->Read(&resp));
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNIMPLEMENTED);
+}
+
+TEST(ServiceE2eReflection, ReflectionListsTheServiceWhenEnabled) {
+  Sim sim = StartSim();
+  Server server = StartServer(sim.url, {"--reflection"});
+  auto reflection =
+      grpc::reflection::v1alpha::ServerReflection::NewStub(server.channel);
   grpc::ClientContext ctx;
   auto stream = reflection->ServerReflectionInfo(&ctx);
   grpc::reflection::v1alpha::ServerReflectionRequest req;
@@ -463,6 +515,26 @@ TEST_F(ServiceE2eTest, HealthAndReflectionListTheService) {
   EXPECT_TRUE(names.count("videogen.v1.VideoGeneration"));
   EXPECT_TRUE(names.count("grpc.health.v1.Health"));
   stream->Finish();
+}
+
+TEST_F(ServiceE2eTest, CallsWithoutAValidKeyAreUnauthenticated) {
+  for (const std::string key : {"", "vg_not-a-real-key"}) {
+    auto stub = server_.Stub(key);
+    grpc::ClientContext ctx;
+    Generation g;
+    grpc::Status s = stub->CreateGeneration(&ctx, SimpleRequest(), &g);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED) << key;
+    EXPECT_FALSE(s.error_message().empty());
+    grpc::ClientContext watch_ctx;
+    auto reader =
+        stub->WatchGenerations(&watch_ctx, v1::WatchGenerationsRequest());
+    EXPECT_EQ(ReadAll(reader.get()).status.error_code(),
+              grpc::StatusCode::UNAUTHENTICATED)
+        << key;
+  }
+  EXPECT_EQ(sim_.Stats()["submits"].get<int64_t>(), 0);
+  // The admin key the harness made works.
+  EXPECT_EQ(CreateCode(SimpleRequest()), grpc::StatusCode::OK);
 }
 
 }  // namespace

@@ -1,0 +1,73 @@
+#include "server/api/request_errors.h"
+
+#include <string>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/stubs/logging.h"
+#include "server/api/log.h"
+#include "videogen/v1/video_generation.grpc.pb.h"
+
+namespace videogen::api {
+namespace {
+
+// One per RPC, created and run by gRPC.
+class BadRequestInterceptor : public grpc::experimental::Interceptor {
+ public:
+  void Intercept(grpc::experimental::InterceptorBatchMethods* m) override {
+    using H = grpc::experimental::InterceptionHookPoints;
+    if (m->QueryInterceptionHookPoint(H::PRE_SEND_STATUS)) {
+      const grpc::Status status = m->GetSendStatus();
+      // The service never answers UNIMPLEMENTED without a message: this is
+      // gRPC's answer to a request it could not deserialize.
+      if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED &&
+          status.error_message().empty()) {
+        m->ModifySendStatus(grpc::Status(
+            grpc::StatusCode::INVALID_ARGUMENT,
+            "the request could not be parsed: a string field holds invalid "
+            "UTF-8 (send text as UTF-8; binary data does not belong in "
+            "these fields) or the message is malformed"));
+      }
+    }
+    m->Proceed();
+  }
+};
+
+void ProtobufLogToJson(google::protobuf::LogLevel level, const char* filename,
+                       int line, const std::string& message) {
+  const char* severity = level >= google::protobuf::LOGLEVEL_ERROR     ? "error"
+                         : level == google::protobuf::LOGLEVEL_WARNING ? "warn"
+                                                                       : "info";
+  Log(severity, "protobuf",
+      {{"message", message},
+       {"source",
+        absl::StrCat(filename == nullptr ? "" : filename, ":", line)}});
+}
+
+}  // namespace
+
+grpc::experimental::Interceptor*
+BadRequestInterceptorFactory::CreateServerInterceptor(
+    grpc::experimental::ServerRpcInfo* info) {
+  // Only methods this server serves: an unknown method's UNIMPLEMENTED is
+  // the right answer.
+  static const auto* known = [] {
+    auto* names = new absl::flat_hash_set<std::string>();
+    for (const char* m :
+         {"Generate", "CreateGeneration", "WatchGeneration", "WatchGenerations",
+          "GetGeneration", "ListGenerations", "CancelGeneration"}) {
+      names->insert(
+          absl::StrCat("/", v1::VideoGeneration::service_full_name(), "/", m));
+    }
+    return names;
+  }();
+  const char* method = info->method();
+  if (method == nullptr || !known->contains(method)) return nullptr;
+  return new BadRequestInterceptor();
+}
+
+void RouteProtobufLogs() {
+  google::protobuf::SetLogHandler(&ProtobufLogToJson);
+}
+
+}  // namespace videogen::api
