@@ -10,7 +10,8 @@ import sys
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SNIPPETS = ["tests/polyglot/python/videogen_example.py",
-            "tests/polyglot/node/videogen_example.js"]
+            "tests/polyglot/node/videogen_example.js",
+            "tests/polyglot/go/src/videogen_example/main.go"]
 MARKER = re.compile(r"<!-- snippet: (\S+) -->\n```[a-z]*\n(.*?)^```$",
                     re.DOTALL | re.MULTILINE)
 
