@@ -279,13 +279,19 @@ class HttpServer::Core : public std::enable_shared_from_this<Core> {
     parked_.emplace(ticket, std::move(session));
     return ticket;
   }
-  std::shared_ptr<HttpSession> Unpark(uint64_t ticket) {
+  // Hands the parked session to `post_reply` (which posts to its strand)
+  // under the lock, unless Stop has begun: replies may come from any thread
+  // at any time (the gateway's Create callback), and Stop destroys the event
+  // loop right after BeginStop, so nothing may touch it past that point.
+  template <class F>
+  void DeliverToParked(uint64_t ticket, F&& post_reply) {
     absl::MutexLock lock(&mu_);
+    if (stopping_) return;
     auto it = parked_.find(ticket);
-    if (it == parked_.end()) return nullptr;
-    std::shared_ptr<HttpSession> s = std::move(it->second);
+    if (it == parked_.end()) return;
+    std::shared_ptr<HttpSession> session = std::move(it->second);
     parked_.erase(it);
-    return s;
+    post_reply(std::move(session));  // only posts: never runs inline
   }
 
   // Counts a new stream against max_streams.
@@ -982,11 +988,12 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     Respond respond = [weak = std::weak_ptr<Core>(core_), ticket](Reply r) {
       std::shared_ptr<Core> core = weak.lock();
       if (core == nullptr) return;
-      std::shared_ptr<HttpSession> session = core->Unpark(ticket);
-      if (session == nullptr) return;
-      net::any_io_executor ex = session->executor();
-      net::post(ex, [session = std::move(session), r = std::move(r)]() mutable {
-        session->Send(std::move(r));
+      core->DeliverToParked(ticket, [&r](std::shared_ptr<HttpSession> session) {
+        net::any_io_executor ex = session->executor();
+        net::post(ex,
+                  [session = std::move(session), r = std::move(r)]() mutable {
+                    session->Send(std::move(r));
+                  });
       });
     };
     net::post(*core_->workers, [core = core_, call = std::move(call),
