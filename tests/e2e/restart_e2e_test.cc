@@ -16,13 +16,6 @@ namespace {
 using v1::Generation;
 using v1::GenerationEvent;
 
-std::string FreshDir(const std::string& name) {
-  std::string dir =
-      absl::StrCat(::testing::TempDir(), "/", name, "-", getpid());
-  std::filesystem::remove_all(dir);
-  return dir;
-}
-
 Server StartDurable(const Sim& sim, const std::string& dir, int port = 0) {
   return StartServer(sim.url, {"--store=sqlite", "--data_dir=" + dir}, port);
 }
@@ -119,15 +112,20 @@ TEST(RestartE2eTest, RequestIdStaysIdempotentAcrossRestart) {
 }
 
 // Starts the server on `dir` and expects a clear startup error.
-void ExpectStartupError(const std::string& dir, const std::string& needle) {
+// Returns the server's stderr.
+std::string ExpectStartupError(const std::string& dir,
+                               const std::string& needle) {
   Process p({Bins().server, "--simulate", "--store=sqlite", "--data_dir=" + dir,
              absl::StrCat("--listen=127.0.0.1:", FreePort())},
             {});
   std::optional<int> code = p.Wait(absl::Seconds(20));
-  ASSERT_TRUE(code.has_value()) << "server did not exit";
-  EXPECT_NE(*code, 0);
+  EXPECT_TRUE(code.has_value()) << "server did not exit";
+  if (!code.has_value()) return "";
+  EXPECT_EQ(*code, 1);
   EXPECT_NE(p.Stderr().find(needle), std::string::npos) << p.Stderr();
   EXPECT_NE(p.Stderr().find("startup_failed"), std::string::npos);
+  EXPECT_EQ(p.Stderr().find("server_listening"), std::string::npos);
+  return p.Stderr();
 }
 
 TEST(RestartE2eTest, UnwritableDataDirIsAClearStartupError) {
@@ -142,6 +140,59 @@ TEST(RestartE2eTest, GarbageDatabaseIsAClearStartupError) {
   std::filesystem::create_directories(dir);
   std::ofstream(dir + "/videogen.db") << std::string(8192, '\x5a');
   ExpectStartupError(dir, "videogen.db");
+}
+
+// Issue 14: a bad page in the middle of the file used to start fine, answer
+// DATA_LOSS on List and keep accepting billed creates. Startup now runs an
+// integrity check and refuses with a clear message.
+TEST(RestartE2eTest, CorruptedPageInTheMiddleIsAClearStartupError) {
+  Sim sim = StartSim({"--queued_for=60s"});
+  const std::string dir = FreshDir("corrupt");
+  {
+    Server server = StartServer(
+        sim.url, {"--store=sqlite", "--data_dir=" + dir,
+                  "--upstream_rate_limit=0", "--poll_interval=10s"});
+    // Long prompts: a database of many pages.
+    for (int i = 0; i < 80; ++i) {
+      grpc::ClientContext ctx;
+      Generation g;
+      ASSERT_TRUE(
+          server.stub
+              ->CreateGeneration(
+                  &ctx, SimpleRequest(absl::StrCat(i, std::string(2400, 'p'))),
+                  &g)
+              .ok());
+    }
+    server.process->Signal(SIGTERM);
+    ASSERT_EQ(server.process->Wait(absl::Seconds(15)).value_or(-999), 0);
+  }
+  const std::string db = dir + "/videogen.db";
+  // A clean shutdown checkpoints the WAL into the main file.
+  ASSERT_FALSE(std::filesystem::exists(db + "-wal") &&
+               std::filesystem::file_size(db + "-wal") > 0)
+      << "the WAL was not checkpointed";
+  std::fstream file(db, std::ios::in | std::ios::out | std::ios::binary);
+  unsigned char header[100];
+  file.read(reinterpret_cast<char*>(header), sizeof(header));
+  ASSERT_EQ(std::string(reinterpret_cast<char*>(header), 15),
+            "SQLite format 3");
+  const int raw_page_size = header[16] * 256 + header[17];  // big-endian
+  const int page_size = raw_page_size == 1 ? 65536 : raw_page_size;
+  const int64_t pages =
+      static_cast<int64_t>(std::filesystem::file_size(db)) / page_size;
+  ASSERT_GE(pages, 20) << "database too small to have a middle";
+  file.seekp(pages / 2 * page_size);
+  const std::string garbage(page_size, '\x5a');
+  file.write(garbage.data(), garbage.size());
+  file.close();
+
+  const std::string err = ExpectStartupError(dir, "videogen.db");
+  EXPECT_TRUE(err.find("damaged") != std::string::npos ||
+              err.find("corrupt") != std::string::npos)
+      << err;
+  EXPECT_NE(err.find("restore it from a backup"), std::string::npos) << err;
+  // Nothing was submitted by the refused start.
+  EXPECT_EQ(sim.Stats()["submits"].get<int64_t>(), 80);
 }
 
 }  // namespace
