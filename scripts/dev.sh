@@ -9,6 +9,8 @@
 #   serve  build + videogen-server in the foreground (extra args passed through)
 #   bench  build + the benchmark suite (writes build/bench/results.md)
 #   fuzz   the libFuzzer targets, FUZZ_SECONDS each (default 600), clang build
+#   cluster  build + PostgreSQL, three replicas behind nginx, the simulator,
+#          one generation watched through the proxy while a replica is killed
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -117,8 +119,9 @@ main() {
     serve) cmd_serve "$@" ;;
     bench) cmd_bench "$@" ;;
     fuzz) cmd_deps; exec "$ROOT/scripts/fuzz.sh" ;;
+    cluster) cmd_build; exec bash "$ROOT/scripts/cluster.sh" demo "$BUILD_DIR" ;;
     *)
-      sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       [ -z "$sub" ] || { echo "unknown subcommand: $sub" >&2; }
       exit 2
       ;;
