@@ -115,6 +115,36 @@ class RetryTest(StackTest):
         time.sleep(2.5)  # and nothing more once delivered
         self.assertEqual(len(r.snapshot()), 3)
 
+    def test_redirect_is_not_followed_and_counts_as_a_failure(self):
+        def answer(d, n):
+            if d.path == "/moved":
+                return 200  # following the redirect would "deliver" here
+            return (302, {"Location": "/moved"}) if n == 1 else 204
+
+        r = self.receiver(answer)
+        g = self.create(r.url)
+        got = r.wait(lambda ds: len(ds) >= 2, what="a retry")
+        final = self.client.wait(g.id, lambda x: x.webhook_status.settled,
+                                 what="settled webhook_status")
+        self.assertEqual([(d.path, d.status) for d in got],
+                         [("/hook", 302), ("/hook", 204)])
+        self.assertEqual(got[0].webhook_id, got[1].webhook_id)
+        st = final.webhook_status
+        self.assertEqual((st.attempts, st.last_http_status), (2, 204), st)
+        time.sleep(1.5)
+        self.assertEqual(len(r.snapshot()), 2, "the Location was fetched")
+
+    def test_status_reports_the_redirect(self):
+        r = self.receiver(lambda d, n: (301, {"Location": "/elsewhere"}))
+        g = self.create(r.url)
+        self.client.wait(g.id, lambda x: x.webhook_status.attempts >= 1,
+                         what="an attempt")
+        st = self.client.get(g.id).webhook_status
+        self.assertEqual(st.last_http_status, 301, st)
+        self.assertIn("redirect not followed", st.last_result)
+        self.assertFalse(st.settled, st)
+        self.assertTrue(all(d.path == "/hook" for d in r.snapshot()))
+
 
 class GoneTest(StackTest):
     """410 stops the generation's deliveries."""
@@ -192,28 +222,37 @@ class DurableTest(StackTest):
                     "--webhook_retry_schedule=" + ",".join(["1s"] * 40))
 
     def test_kill_9_and_restart_lose_no_delivery(self):
+        # Two receivers: one answers 503 until after the restart (so its
+        # logs show the webhook-ids tried before the kill), the other is not
+        # listening at all until then (connection refused).
         up = threading.Event()
-        r = self.receiver(lambda d, n: 200 if up.is_set() else 503)
-        early = [self.create(r.url) for _ in range(4)]
-        # Terminal before the kill: their failed attempts show their ids.
+        flaky = self.receiver(lambda d, n: 200 if up.is_set() else 503)
+        down_port = ws.free_port()
+        down_url = f"http://127.0.0.1:{down_port}/hook"
+        early = [self.create(flaky.url) for _ in range(3)]
+        early += [self.create(down_url) for _ in range(2)]
+        cancelled = [self.create(flaky.url), self.create(down_url)]
+        for g in cancelled:
+            self.client.cancel(g.id)
+        # Terminal before the kill, each with a failed attempt on record.
         before = {}
-        for g in early:
-            x = self.client.wait(
+        for g in early + cancelled:
+            before[g.id] = self.client.wait(
                 g.id, lambda x: x.done and x.webhook_status.attempts >= 1,
                 what="a failed attempt")
-            self.assertEqual(x.webhook_status.last_http_status, 503)
-            self.assertFalse(x.webhook_status.settled)
-            before[g.id] = x
-        cancelled = self.create(r.url)
-        self.client.cancel(cancelled.id)
-        before[cancelled.id] = self.client.wait(
-            cancelled.id, lambda x: x.webhook_status.attempts >= 1,
-            what="a failed attempt")
+            st = before[g.id].webhook_status
+            self.assertFalse(st.settled, st)
+            if g.request.webhook_url == down_url:
+                self.assertEqual(st.last_http_status, 0, st)
+                self.assertIn("cannot connect", st.last_result)
+            else:
+                self.assertEqual(st.last_http_status, 503, st)
+        tried = {d.webhook_id for d in flaky.snapshot()}
+        for g in early + cancelled:
+            if g.request.webhook_url == flaky.url:
+                self.assertIn(f"{g.id}.{before[g.id].revision}", tried)
         # Still running upstream at the kill: terminal only after restart.
-        late = [self.create(r.url) for _ in range(3)]
-        ids_before = {d.webhook_id for d in r.snapshot()}
-        for gid, x in before.items():
-            self.assertIn(f"{gid}.{x.revision}", ids_before)
+        late = [self.create(url) for url in (flaky.url, down_url, flaky.url)]
 
         self.server.kill9()
         self.client.close()
@@ -227,29 +266,73 @@ class DurableTest(StackTest):
             self.assertGreaterEqual(after.webhook_status.attempts,
                                     x.webhook_status.attempts)
         up.set()
+        back = self.receiver(port=down_port)
 
         expected = {}
-        for g in list(before) + [g.id for g in late]:
+        for g in early + cancelled + late:
             # 60 s lease: a delivery claimed at the kill waits it out.
             x = self.client.wait(
-                g, lambda x: x.done and x.webhook_status.settled, timeout=150,
-                what="settled webhook_status")
+                g.id, lambda x: x.done and x.webhook_status.settled,
+                timeout=150, what="settled webhook_status")
             self.assertEqual(x.webhook_status.last_result, "delivered")
             self.assertIn(x.state, TERMINAL)
-            expected[f"{g}.{x.revision}"] = pb.Generation.State.Name(x.state)
-        got = r.snapshot()
-        self.assert_authentic(got)
-        delivered = [d for d in got if d.status == 200]
+            expected[f"{g.id}.{x.revision}"] = (
+                g.request.webhook_url, pb.Generation.State.Name(x.state))
+        delivered = []
+        for receiver in (flaky, back):
+            got = receiver.snapshot()
+            self.assert_authentic(got)
+            for d in got:
+                if d.status // 100 == 2:
+                    delivered.append(d)
+                    url, state = expected[d.webhook_id]
+                    self.assertEqual(url, receiver.url)
+                    self.assertEqual(d.generation["state"], state)
         self.assertEqual(sorted(d.webhook_id for d in delivered),
                          sorted(expected), "each terminal event once")
-        for d in delivered:
-            self.assertEqual(d.generation["state"], expected[d.webhook_id])
-        # The same webhook-id before and after the restart.
+        # The same webhook-ids before the kill and after the restart.
         for gid, x in before.items():
             self.assertIn(f"{gid}.{x.revision}", expected)
-        states = set(expected.values())
+        states = {state for _, state in expected.values()}
         self.assertIn("STATE_CANCELLED", states)
         self.assertIn("STATE_COMPLETED", states)
+
+
+class DurableInFlightSlowTest(StackTest):
+    """kill -9 while an attempt is in flight: the receiver may have it, so
+    the delivery is sent again (at least once, same webhook-id) once the
+    dead process's lease on it expires (about a minute)."""
+
+    def test_attempt_cut_by_kill_9_is_sent_again(self):
+        holding = threading.Event()
+        release = threading.Event()
+
+        def answer(d, n):
+            if n == 1:
+                holding.set()  # in flight: the server dies now
+                release.wait(60)
+                return 503  # to nobody
+            return 204
+
+        r = self.receiver(answer)
+        g = self.create(r.url)
+        self.assertTrue(holding.wait(60), "no first attempt")
+        self.server.kill9()
+        killed = time.time()
+        release.set()
+        self.client.close()
+        self.server.start()
+        self.client = ws.Client(self.server.address, self.key)
+        x = self.client.wait(g.id, lambda x: x.webhook_status.settled,
+                             timeout=180, what="settled webhook_status")
+        got = r.snapshot()
+        self.assertEqual([d.webhook_id for d in got],
+                         [f"{g.id}.{x.revision}"] * 2)
+        self.assertEqual(got[0].body, got[1].body)
+        self.assert_authentic(got)
+        self.assertEqual(x.webhook_status.last_result, "delivered")
+        sys.stderr.write(f"sent again {got[1].received - killed:.1f} s after "
+                         "the kill\n")
 
 
 class InsecureRefusedTest(unittest.TestCase):

@@ -247,8 +247,8 @@ class Delivery:
 
 class Receiver:
     """A webhook receiver on a loopback port, in this process. `answer(d,
-    n)` picks the HTTP status for delivery `d`, the n-th POST (1-based) with
-    its webhook-id; default 204. Every POST is recorded with its signature
+    n)` picks the HTTP status (or a (status, headers) pair) for delivery
+    `d`, the n-th POST (1-based) with its webhook-id; default 204. Every POST is recorded with its signature
     check (`verify_error`, None when authentic) in `deliveries`."""
 
     def __init__(self, secret, answer=None, port=0):
@@ -272,11 +272,16 @@ class Receiver:
                     n = receiver.per_id.get(d.webhook_id, 0) + 1
                     receiver.per_id[d.webhook_id] = n
                 status = receiver.answer(d, n)
+                extra = {}
+                if isinstance(status, tuple):
+                    status, extra = status
                 with receiver.lock:
                     d.status = status
                     receiver.deliveries.append(d)
                     receiver.lock.notify_all()
                 self.send_response(status)
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
