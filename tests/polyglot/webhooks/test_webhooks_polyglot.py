@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import sys
 import tempfile
 import time
