@@ -487,6 +487,17 @@ std::string CacheName(std::string_view id, const media::MediaObject& object) {
                                : absl::StrCat(name, ".", object.sha256);
 }
 
+// The store's refusals are videogen's problem, not the caller's: S3's 403
+// (wrong credentials) must not reach the client as its own 403. Only "there
+// is no copy" passes through; the rest is 503 with the store's message,
+// which never carries a secret.
+absl::Status ForCaller(const absl::Status& s) {
+  if (absl::IsNotFound(s) || absl::IsInvalidArgument(s)) {
+    return absl::NotFoundError(s.message());
+  }
+  return absl::UnavailableError(absl::StrCat("media store: ", s.message()));
+}
+
 http::MediaFile FileOf(std::string path, const media::MediaObject& object) {
   return http::MediaFile{std::move(path), object.size, object.content_type,
                          object.sha256};
@@ -510,9 +521,11 @@ absl::StatusOr<http::MediaFile> MediaSourceAdapter::Open(
   // (retention may have removed the object since).
   absl::StatusOr<media::MediaObject> obj = store_->Open(generation_id);
   if (absl::IsNotFound(obj.status())) Forget(generation_id);
-  if (!obj.ok()) return obj.status();
+  if (!obj.ok()) return ForCaller(obj.status());
   if (!obj->local_path.empty()) return FileOf(obj->local_path, *obj);
-  return OpenCached(generation_id, *obj);
+  absl::StatusOr<http::MediaFile> file = OpenCached(generation_id, *obj);
+  if (!file.ok()) return ForCaller(file.status());
+  return file;
 }
 
 absl::StatusOr<http::MediaFile> MediaSourceAdapter::OpenCached(

@@ -313,9 +313,53 @@ TEST(MirrorE2e, S3MirroredVideoIsServedOverHttp) {
   ASSERT_TRUE(gone);
   EXPECT_EQ(gone->status, 404);
 }
+
+// The bucket refuses every upload (a wrong secret): the generation still
+// completes, with the upstream URL and the store's refusal, and the secret
+// shows up nowhere.
+TEST(MirrorE2e, S3RefusalCompletesWithMirrorErrorAndNoSecret) {
+  Sim sim = StartSim(kFastSim);
+  S3Standin s3 = StartS3();
+  const std::string wrong_secret = "not-the-secret-4f1d2c";
+  ServerSpec spec;
+  spec.upstream_url = sim.url;
+  spec.data_dir = MakeTempDir("s3-refused-data");
+  spec.mirror = "s3";
+  spec.flags = {"--s3_endpoint=" + s3.url, "--s3_bucket=videos",
+                "--s3_region=eu-west-1"};
+  spec.env = {{"AWS_ACCESS_KEY_ID", "AKIDE2EMEDIA"},
+              {"AWS_SECRET_ACCESS_KEY", wrong_secret}};
+  Server server = StartServer(spec);
+  Api api(server.http_url);
+
+  absl::StatusOr<v1::Generation> g = api.Create("a fox the bucket refuses");
+  ASSERT_TRUE(g.ok()) << g.status();
+  g = api.WaitDone(g->id(), absl::Seconds(60));
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(g->state(), v1::Generation::STATE_COMPLETED);
+  EXPECT_EQ(g->video().mirror_url(), "");
+  EXPECT_EQ(g->video().mirror_error(),
+            "media store: s3 answered 403 SignatureDoesNotMatch");
+  EXPECT_TRUE(absl::StartsWith(g->video().url(), sim.url + "/files/"));
+  EXPECT_GE(s3.Stats()["rejected"].get<int>(), 1);
+  // The bucket refuses videogen, not the caller: 503, never the caller's 403.
+  httplib::Result media = api.Media(g->id());
+  ASSERT_TRUE(media);
+  EXPECT_EQ(media->status, 503) << media->body;
+  EXPECT_EQ(media->body.find(wrong_secret), std::string::npos);
+  EXPECT_NE(Metrics(server.http_url)
+                .find("videogen_mirror_failures_total{reason=\"store\"} 1"),
+            std::string::npos);
+  const std::string logs = server.process->Stdout() + server.process->Stderr();
+  EXPECT_EQ(logs.find(wrong_secret), std::string::npos);
+  httplib::Client raw(server.http_url);
+  httplib::Result json = raw.Get("/v1/generations/" + g->id());
+  ASSERT_TRUE(json);
+  EXPECT_EQ(json->body.find(wrong_secret), std::string::npos);
+}
 #endif  // VIDEOGEN_HAVE_BOTOCORE
 
-TEST(MirrorE2eSlow, FailedCopiesCompleteWithMirrorErrorAndTheUpstreamUrl) {
+TEST(MirrorFailureE2e, FailedCopiesCompleteWithMirrorErrorAndTheUpstreamUrl) {
   Sim sim = StartSim(kFastSim);
   UpstreamFront front(sim.url);
   ServerSpec spec;
@@ -374,7 +418,8 @@ TEST(MirrorE2eSlow, FailedCopiesCompleteWithMirrorErrorAndTheUpstreamUrl) {
   EXPECT_GE(front.range_requests(), 1) << "the truncated copy never resumed";
 }
 
-TEST(MirrorE2eSlow, KillNineMidCopyLeavesNoPartialFileAndResumesAfterRestart) {
+TEST(MirrorFailureE2e,
+     KillNineMidCopyLeavesNoPartialFileAndResumesAfterRestart) {
   Sim sim = StartSim(kFastSim);
   UpstreamFront front(sim.url);
   ServerSpec spec;
