@@ -230,6 +230,8 @@ absl::Status Server::Impl::Start() {
     ho.listen = config_.http_listen;
     ho.heartbeat_interval = config_.heartbeat_interval;
     ho.max_streams = static_cast<int>(config_.max_streams);
+    ho.max_streams_per_tenant = config_.max_streams_per_tenant;
+    ho.stream_backlog_events = static_cast<size_t>(config_.stream_backlog);
     media_source_ = std::make_unique<MediaSourceAdapter>(media_store_.get());
     http_ = std::make_unique<http::HttpServer>(
         ho, gateway_.get(), auth_.get(),
@@ -315,6 +317,7 @@ void Server::Impl::Purge() {
   }
   for (const std::string& id : *purged) {
     if (media_store_ != nullptr) media_store_->Remove(id).IgnoreError();
+    if (media_source_ != nullptr) media_source_->Forget(id);
   }
   if (!purged->empty()) Log("info", "purged", {{"count", purged->size()}});
 }
