@@ -182,10 +182,9 @@ absl::Status ValidateLabels(
           kMaxLabelChars, " characters of [a-z0-9_-] starting with a letter"));
     }
     if (CountChars(value) > kMaxLabelChars) {
-      return Invalid(
-          absl::StrCat("label \"", Printable(key, 80), "\" value has ",
-                       CountChars(value),
-                       " characters; the limit is ", kMaxLabelChars));
+      return Invalid(absl::StrCat(
+          "label \"", Printable(key, 80), "\" value has ", CountChars(value),
+          " characters; the limit is ", kMaxLabelChars));
     }
   }
   return absl::OkStatus();

@@ -3,9 +3,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
-#include <algorithm>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -105,9 +105,8 @@ void ApplyChannelArgs(const Config& c, grpc::ServerBuilder& builder) {
 class WithoutReflection : public grpc::ServerBuilderOption {
  public:
   void UpdateArguments(grpc::ChannelArguments*) override {}
-  void UpdatePlugins(
-      std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins)
-      override {
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>*
+                         plugins) override {
     plugins->erase(
         std::remove_if(plugins->begin(), plugins->end(),
                        [](const std::unique_ptr<grpc::ServerBuilderPlugin>& p) {

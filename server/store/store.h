@@ -71,8 +71,8 @@ struct ListPage {
 // concurrent creates can never both take the last unit (design.md §7).
 // 0 means unlimited.
 struct Admission {
-  int64_t max_concurrent = 0;       // non-terminal generations
-  int64_t creates_per_minute = 0;   // inserts in the last 60 s
+  int64_t max_concurrent = 0;        // non-terminal generations
+  int64_t creates_per_minute = 0;    // inserts in the last 60 s
   int64_t video_seconds_budget = 0;  // sum of duration_seconds per period;
                                      // FAILED generations give theirs back
   absl::Duration budget_period = absl::Hours(720);
@@ -134,7 +134,7 @@ struct ApiKey {
 struct DurationSample {
   std::string model;
   int duration_seconds = 0;
-  absl::Duration took;      // create_time -> completed
+  absl::Duration took;  // create_time -> completed
   absl::Time completed;
 };
 
@@ -152,8 +152,7 @@ class Store {
   // (tenant, request_id) is taken: `*existing` (when given) then holds the
   // record that has it. RESOURCE_EXHAUSTED, naming the limit, when
   // `admission` (checked atomically with the insert) refuses it.
-  virtual absl::Status Insert(const Record& record,
-                              const Admission& admission,
+  virtual absl::Status Insert(const Record& record, const Admission& admission,
                               std::optional<Record>* existing) = 0;
 
   // Replaces the record whose stored version is `record.version - 1`
@@ -177,8 +176,7 @@ class Store {
   // whose lease is free, expired (lease_until <= now) or already `owner`'s;
   // each claimed record's version goes up. Returns them.
   virtual absl::StatusOr<std::vector<Record>> ClaimActive(
-      std::string_view owner, absl::Time now, absl::Time until,
-      int limit) = 0;
+      std::string_view owner, absl::Time now, absl::Time until, int limit) = 0;
   // Extends `owner`'s leases that have not expired to `until`, without a
   // version change. Returns the ids `owner` still holds.
   virtual absl::StatusOr<std::vector<std::string>> RenewLeases(
@@ -219,8 +217,7 @@ class Store {
   // Leases up to `limit` deliveries due at `now` (next_attempt <= now, lease
   // free or expired) to `owner` until `until`.
   virtual absl::StatusOr<std::vector<Delivery>> ClaimDeliveries(
-      std::string_view owner, absl::Time now, absl::Time until,
-      int limit) = 0;
+      std::string_view owner, absl::Time now, absl::Time until, int limit) = 0;
   // Ends a delivery (delivered or given up): removes it.
   virtual absl::Status FinishDelivery(int64_t seq) = 0;
   // Schedules another attempt and releases the lease.

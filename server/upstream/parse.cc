@@ -251,8 +251,8 @@ absl::StatusOr<LogPage> ParseLogPage(absl::string_view body,
       // and offset + rows must not overflow.
       const int64_t offset = AsInt64(Field(*pagination, "offset"));
       const int64_t rows = static_cast<int64_t>(page.rows.size());
-      page.has_more = offset >= 0 && page.total > rows &&
-                      offset < page.total - rows;
+      page.has_more =
+          offset >= 0 && page.total > rows && offset < page.total - rows;
     }
   } else {
     page.total = static_cast<int64_t>(page.rows.size());

@@ -2,15 +2,14 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <memory>
 #include <vector>
 
-#include "absl/time/time.h"
-
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace videogen::upstream {
 
