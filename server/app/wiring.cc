@@ -158,6 +158,11 @@ absl::StatusOr<Upstreams> StartUpstream(const Config& c) {
                       : upstream::EndpointFamily::kLegacy;
   opts.rate_limit_per_second = c.upstream_rate_limit;
   opts.max_in_flight = c.upstream_max_in_flight;
+  // A connection for every request in flight: otherwise (HTTP/1.1) a submit
+  // whose intent is already recorded as sent waits inside curl for a
+  // connection, and a crash or a timeout there leaves a generation that
+  // never left reported as SUBMIT_UNCONFIRMED instead of resubmitted.
+  opts.max_connections = std::max(opts.max_connections, opts.max_in_flight);
   opts.request_timeout = c.upstream_timeout;
   opts.on_attempt = [](const upstream::AttemptRecord& a) {
     api::Metrics& m = api::Metrics::Global();
