@@ -69,6 +69,8 @@ struct Figures {
   double fanout_p50_us = 0, fanout_p99_us = 0;
   int64_t fanout_samples = 0;
   int64_t fanout_failed = 0;
+  int64_t fanout_resumed = 0;    // watchers whose stream broke
+  int64_t fanout_anomalies = 0;  // a revision missed, repeated or reordered
 };
 
 ClusterOptions OptionsFor(const Setup& s) {
@@ -140,6 +142,13 @@ void FanOut(Cluster& c, Figures* f) {
   for (const WatchRecord& r : set.Records()) {
     all.insert(all.end(), r.latency_us.begin(), r.latency_us.end());
     if (!r.finished) ++f->fanout_failed;
+    if (r.streams > 1) ++f->fanout_resumed;
+    // From the first revision seen: each once, in order, to the end.
+    const std::string problem =
+        CheckRevisions(r, r.revisions.empty() ? 1 : r.revisions.front());
+    if (!problem.empty()) {
+      if (f->fanout_anomalies++ < 3) std::cerr << "bench: " << problem << "\n";
+    }
   }
   f->fanout_samples = static_cast<int64_t>(all.size());
   f->fanout_p50_us = Percentile(all, 0.5);
@@ -280,6 +289,7 @@ int Main(int argc, char** argv) {
   }
   std::vector<FailoverFigures> failovers;
   for (const std::string& lease : absl::GetFlag(FLAGS_leases)) {
+    if (lease.empty()) continue;
     std::cerr << "bench: failover, --lease_duration=" << lease << "\n";
     failovers.push_back(Failover(lease));
   }
@@ -310,6 +320,12 @@ int Main(int argc, char** argv) {
         << (f.fanout_failed
                 ? absl::StrCat(" (", f.fanout_failed, " watchers unfinished)")
                 : "")
+        << (f.fanout_resumed
+                ? absl::StrCat(" (", f.fanout_resumed, " streams resumed)")
+                : "")
+        << (f.fanout_anomalies ? absl::StrCat(" (", f.fanout_anomalies,
+                                              " revision-order anomalies)")
+                               : "")
         << " |\n";
   }
   out << "\nKilled replica (kill -9 of the busiest lease owner, 3 replicas, "
