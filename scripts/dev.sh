@@ -24,7 +24,7 @@ APT_PACKAGES=(
   libsqlite3-dev sqlite3 libcpp-httplib-dev libcli11-dev libspdlog-dev
   python3-grpcio python3-protobuf clang-format
   wrk yamllint python3-yaml prometheus tmux bsdutils procps openssl
-  libboost-dev libssl-dev golang-github-gogo-googleapis-dev
+  libboost1.81-dev libssl-dev golang-github-gogo-googleapis-dev
   libpq-dev postgresql-15 nginx
   clang libclang-rt-14-dev python3-botocore chromium
   golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev
