@@ -2,9 +2,10 @@
 //   - creates/s (closed loop) and fan-out latency (UPDATE observe_time to
 //     receipt, over many watchers) for 1 replica on SQLite, 1 replica on
 //     PostgreSQL and 3 replicas on PostgreSQL behind nginx;
-//   - how long a killed replica's generations take to resume (kill -9 the
-//     busiest lease owner; time until another replica holds each lease and
-//     until the sim sees its next poll).
+//   - how long a killed (SIGKILL) or drained (SIGTERM) replica's
+//     generations take to resume (the busiest lease owner; time until
+//     another replica holds each lease and until the sim sees its next
+//     poll).
 // Prints a markdown table. Every process runs on this machine, so the
 // figures compare setups against each other, not against production.
 //
@@ -157,6 +158,7 @@ void FanOut(Cluster& c, Figures* f) {
 
 struct FailoverFigures {
   std::string lease;
+  bool drain = false;  // SIGTERM (graceful drain) instead of SIGKILL
   int victim_generations = 0;
   double takeover_p50_ms = 0, takeover_max_ms = 0;
   double resume_p50_ms = 0, resume_max_ms = 0;
@@ -167,9 +169,10 @@ struct FailoverFigures {
 // Kill -9 the busiest lease owner while its generations run; per generation,
 // the time until another replica owns its lease and until the upstream sees
 // its next poll.
-FailoverFigures Failover(const std::string& lease) {
+FailoverFigures Failover(const std::string& lease, bool drain) {
   FailoverFigures f;
   f.lease = lease;
+  f.drain = drain;
   ClusterOptions o = OptionsFor({"", "postgres", 3});
   o.sim_flags = {"--queued_for=1s", "--generating_for=60s"};
   absl::ParseDuration(lease, &o.replica.lease_duration);
@@ -194,7 +197,11 @@ FailoverFigures Failover(const std::string& lease) {
   f.victim_generations = static_cast<int>(mine.size());
   const UpstreamJobs before = JobsByGeneration(c->sim().Stats());
   const absl::Time killed = absl::Now();
-  c->ByReplicaId(victim)->Kill();
+  if (drain) {
+    c->ByReplicaId(victim)->Stop();  // returns once it exited
+  } else {
+    c->ByReplicaId(victim)->Kill();
+  }
   std::map<std::string, double> takeover_ms, resume_ms;
   const absl::Duration limit = o.replica.lease_duration * 2 + absl::Seconds(10);
   while ((takeover_ms.size() < mine.size() || resume_ms.size() < mine.size()) &&
@@ -291,7 +298,8 @@ int Main(int argc, char** argv) {
   for (const std::string& lease : absl::GetFlag(FLAGS_leases)) {
     if (lease.empty()) continue;
     std::cerr << "bench: failover, --lease_duration=" << lease << "\n";
-    failovers.push_back(Failover(lease));
+    failovers.push_back(Failover(lease, /*drain=*/false));
+    failovers.push_back(Failover(lease, /*drain=*/true));
   }
 
   std::ostringstream out;
@@ -328,13 +336,16 @@ int Main(int argc, char** argv) {
                                : "")
         << " |\n";
   }
-  out << "\nKilled replica (kill -9 of the busiest lease owner, 3 replicas, "
+  out << "\nA replica leaves (the busiest lease owner, 3 replicas, "
       << absl::GetFlag(FLAGS_failover_generations)
-      << " running generations, --poll_interval=1s):\n\n"
-      << "| --lease_duration | its generations | lease taken over p50 / max | "
-         "next upstream poll p50 / max |\n| --- | --- | --- | --- |\n";
+      << " running generations, --poll_interval=1s; times from the signal):"
+         "\n\n"
+      << "| --lease_duration | signal | its generations | lease taken over "
+         "p50 / max | next upstream poll p50 / max |\n"
+         "| --- | --- | --- | --- | --- |\n";
   for (const FailoverFigures& f : failovers) {
-    out << "| " << f.lease << " | " << f.victim_generations << " | "
+    out << "| " << f.lease << " | " << (f.drain ? "SIGTERM (drain)" : "SIGKILL")
+        << " | " << f.victim_generations << " | "
         << absl::StrFormat("%.1f s / %.1f s", f.takeover_p50_ms / 1000,
                            f.takeover_max_ms / 1000)
         << " | "
