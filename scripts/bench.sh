@@ -5,6 +5,9 @@
 # server/sim logs under BUILD_DIR/bench/logs/). Examples of extra flags:
 #   --watchers=1000,10000        skip the 50k run
 #   --scenarios=throughput       one scenario only
+#   --scenarios=sse --sse_streams=1000
+#                                1,000 SSE and 1,000 gRPC streams on one
+#                                generation (sse runs by default, at 1000)
 set -euo pipefail
 
 BUILD_DIR="${1:?usage: scripts/bench.sh BUILD_DIR [videogen-bench flags...]}"

@@ -38,8 +38,9 @@ ABSL_FLAG(std::string, sim_bin, "",
           "videogen-sim binary (default: <build>/server/sim/videogen-sim)");
 ABSL_FLAG(std::string, out, "bench-results.md", "markdown report to write");
 ABSL_FLAG(std::vector<std::string>, scenarios,
-          std::vector<std::string>({"watchers", "throughput", "upstream"}),
-          "which scenarios to run: watchers, throughput, upstream");
+          std::vector<std::string>({"watchers", "throughput", "upstream",
+                                    "sse"}),
+          "which scenarios to run: watchers, throughput, upstream, sse");
 ABSL_FLAG(std::vector<std::string>, watchers,
           std::vector<std::string>({"1000", "10000", "50000"}),
           "watcher counts of the watchers scenario");
@@ -65,6 +66,14 @@ ABSL_FLAG(int, repeats, 3,
           "--repeat_max_watchers; fan-out latency on a shared box is noisy");
 ABSL_FLAG(int, repeat_max_watchers, 10000,
           "larger watcher counts run once (time budget)");
+ABSL_FLAG(std::vector<std::string>, sse_streams,
+          std::vector<std::string>({"1000"}),
+          "stream counts of the sse scenario: N gRPC WatchGeneration streams "
+          "and N SSE streams on one generation (--repeats runs each)");
+ABSL_FLAG(int, sse_updates, 10,
+          "UPDATEs per stream in the sse scenario, the terminal one included "
+          "(one per poll, --poll_interval apart; about, as the server jitters "
+          "its polls by +-20%; at least 2)");
 ABSL_FLAG(bool, strict, false,
           "exit 1 when any stream or call failed (for the smoke test)");
 ABSL_FLAG(std::string, invoked_as, "",
@@ -187,6 +196,59 @@ int Run(int argc, char** argv) {
     report.efficiency = RunEfficiency(
         paths, wo, Ints(absl::GetFlag(FLAGS_efficiency_watchers)));
   }
+  if (Has(scenarios, "sse")) {
+    SseOptions so;
+    so.streams_per_channel = wo.streams_per_channel;
+    so.updates = std::max(2, absl::GetFlag(FLAGS_sse_updates));
+    so.poll_interval = wo.poll_interval;
+    report.sse_options = so;
+    double attach_per_stream = 0.001;  // seconds, as in the watchers
+    for (int n : Ints(absl::GetFlag(FLAGS_sse_streams))) {
+      SsePair pair;
+      pair.n = n;
+      pair.attach_window = absl::Trunc(
+          absl::Seconds(3 + 2 * attach_per_stream * n), absl::Seconds(1));
+      // Each transport runs on a fresh sim and server, one after the other,
+      // not both at once on one server: the fan-out hub hands a change to a
+      // generation's subscribers in subscription order, so with both open
+      // whichever transport subscribed first would be served first in every
+      // round; RSS and threads could not be told apart; and on 2 cores the
+      // bench's gRPC threads and SSE loop would compete for the same CPU.
+      // Apart, both see the same schedule (same flags, one generation, the
+      // same number of UPDATEs give or take the poll jitter) on an empty
+      // server. The order alternates from run to run (gRPC first, then SSE
+      // first, ...), so drift on a shared box falls on both alike.
+      const int runs = std::max(1, absl::GetFlag(FLAGS_repeats));
+      for (int run = 0; run < runs; ++run) {
+        StreamRun g, s;
+        for (int k = 0; k < 2; ++k) {
+          const bool sse = (k == 0) == (run % 2 == 1);
+          std::fprintf(stderr, "[bench] sse %d: %s streams, run %d/%d\n", n,
+                       sse ? "SSE" : "gRPC", run + 1, runs);
+          (sse ? s : g) = RunSseSide(paths, so, n, pair.attach_window, sse);
+        }
+        std::vector<int64_t> gl = g.watch.result.latency_us,
+                             sl = s.watch.result.latency_us;
+        pair.p99_us.emplace_back(Percentile(gl, 99), Percentile(sl, 99));
+        MergeStreams(pair.grpc, g);
+        MergeStreams(pair.sse, s);
+        for (const StreamRun* r : {&g, &s}) {
+          std::fprintf(
+              stderr, "[bench]   %s: attach %s, %lld errors\n",
+              r == &g ? "gRPC" : "SSE",
+              absl::FormatDuration(r->watch.result.attach_time).c_str(),
+              static_cast<long long>(r->watch.result.errors));
+          if (r->watch.ran &&
+              r->watch.result.attach_time < absl::InfiniteDuration()) {
+            attach_per_stream = std::max(
+                attach_per_stream,
+                absl::ToDoubleSeconds(r->watch.result.attach_time) / n);
+          }
+        }
+      }
+      report.sse.push_back(std::move(pair));
+    }
+  }
   report.end = absl::Now();
 
   std::string md = RenderMarkdown(report);
@@ -205,8 +267,9 @@ int Run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "videogen-bench: watchers, bare baseline, throughput and upstream "
-      "efficiency of videogen-server. Example:\n"
+      "videogen-bench: watchers, bare baseline, throughput, upstream "
+      "efficiency and SSE against gRPC streams of videogen-server. "
+      "Example:\n"
       "  videogen-bench --out=build/bench/results.md --watchers=1000,10000");
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_bare_server)) {

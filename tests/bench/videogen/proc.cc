@@ -1,5 +1,6 @@
 #include "tests/bench/videogen/proc.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -115,6 +116,15 @@ int64_t StatusBytes(pid_t pid, const std::string& field) {
 int64_t RssBytes(pid_t pid) { return StatusBytes(pid, "VmRSS:"); }
 
 int64_t PeakRssBytes(pid_t pid) { return StatusBytes(pid, "VmHWM:"); }
+
+int ThreadCount(pid_t pid) {
+  DIR* dir = opendir(absl::StrCat("/proc/", pid, "/task").c_str());
+  if (dir == nullptr) return -1;
+  int n = 0;
+  while (dirent* e = readdir(dir)) n += e->d_name[0] != '.';
+  closedir(dir);
+  return n;
+}
 
 double CpuSeconds(pid_t pid) {
   std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));

@@ -42,6 +42,8 @@ class Child {
 int64_t RssBytes(pid_t pid);
 // Peak resident set size of `pid` in bytes (VmHWM), or -1.
 int64_t PeakRssBytes(pid_t pid);
+// Threads of `pid` (entries of /proc/PID/task), or -1.
+int ThreadCount(pid_t pid);
 // User plus system CPU seconds used by `pid` so far, or -1.
 double CpuSeconds(pid_t pid);
 // Raises the soft RLIMIT_NOFILE to the hard limit; children inherit it.

@@ -272,6 +272,107 @@ void RenderEfficiency(const Report& rep, std::string& md) {
       "watchers on.\n");
 }
 
+std::string Threads(const StreamRun& r) {
+  return absl::StrCat(r.threads_before, " | ", r.threads_attached, " / ",
+                      r.threads_max);
+}
+
+std::string SseRow(int n, const char* name, const StreamRun& sr,
+                   const WatchFigures& f) {
+  const WatchRun& run = sr.watch;
+  if (!run.ran) {
+    return absl::StrCat("| ", n, " | ", name, " | did not run: ", run.failure,
+                        " ||||||||||||||\n");
+  }
+  const WatchResult& r = run.result;
+  std::string attach = r.attach_time == absl::InfiniteDuration()
+                           ? absl::StrCat("incomplete (", r.attached, ")")
+                           : Fixed(absl::ToDoubleSeconds(r.attach_time), 2);
+  return absl::StrCat(
+      "| ", n, " | ", name, " | ", run.runs, " | ", r.channels, " | ", attach,
+      " | ", Threads(sr), " | ", Mb(run.rss_before), " | ",
+      Mb(run.rss_attached), " | ", Fixed(f.kb_per_stream, 1), " | ",
+      Mb(run.rss_peak), " | ", Fixed(Ms(f.p50)), " | ", Fixed(Ms(f.p99)), " | ",
+      Fixed(Ms(f.max)), " | ", r.updates, " (min ", r.min_updates,
+      "/stream) | ", Fixed(run.cpu_seconds), " | ", r.errors, " |\n");
+}
+
+void RenderSse(const Report& rep, std::string& md) {
+  if (rep.sse.empty()) return;
+  const SseOptions& o = rep.sse_options;
+  md += "\n## 5. SSE streams against gRPC streams on one generation\n\n";
+  md += absl::StrFormat(
+      "Settings: one generation; N gRPC `WatchGeneration` streams (callback "
+      "API, %d per client connection) or N SSE streams (`GET "
+      "/v1/generations/{id}:watch`, HTTP/1.1, one connection each as a "
+      "browser's EventSource, all read by one epoll thread in the bench). "
+      "Each transport runs on a fresh sim and server (`--store=memory "
+      "--auth=none --http_listen=127.0.0.1:0 --poll_interval=%s`, the HTTP "
+      "listener on for both), one after the other with the order "
+      "alternating per run: with both open on one server the fan-out hub, "
+      "which hands a change to a generation's subscribers in subscription "
+      "order, would serve whichever transport subscribed first first in "
+      "every round, RSS and threads could not be attributed, and the two "
+      "clients would compete for the same cores. The sim alternates the "
+      "status word on every other poll (`--fault=poll:odd:every=2`: "
+      "generating/active), so each poll is one UPDATE: about %d per stream "
+      "with the terminal one (the server jitters its poll interval by "
+      "±20%%, so a run may see one more or fewer); the first poll waits for "
+      "the attach window below. Threads = entries of "
+      "/proc/PID/task of the server: before the first stream | right after "
+      "the last attach / most seen while streams were open (sampled every "
+      "20 ms). RSS per stream and CPU as in §1–2; latency from the event's "
+      "`observe_time` (SSE: `observeTime` in the data) to the bench reading "
+      "it. Runs pooled as in §1–2; thread counts are maxima over runs.\n\n",
+      o.streams_per_channel, absl::FormatDuration(o.poll_interval), o.updates);
+  md +=
+      "| streams | transport | runs | conns | attach s | server threads "
+      "before | attached / max | RSS before MB | RSS attached MB | RSS "
+      "KB/stream | peak RSS MB | fan-out p50 ms | p99 ms | max ms | UPDATEs "
+      "received | server CPU s | errors |\n"
+      "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
+      "|---:|---:|---:|\n";
+  std::string notes;
+  for (const SsePair& p : rep.sse) {
+    WatchFigures g = Figures(p.grpc.watch), s = Figures(p.sse.watch);
+    md += SseRow(p.n, "gRPC", p.grpc, g);
+    md += SseRow(p.n, "SSE", p.sse, s);
+    if (g.ran && s.ran) {
+      md += absl::StrCat(
+          "| ", p.n, " | **SSE / gRPC** | | | | | | | | **",
+          Ratio(s.kb_per_stream, g.kb_per_stream), "** | | ",
+          Ratio(s.p50, g.p50), " | **", Ratio(s.p99, g.p99), "** | ",
+          Ratio(s.max, g.max), " | | ",
+          Ratio(p.sse.watch.cpu_seconds, p.grpc.watch.cpu_seconds), " | |\n");
+      notes += absl::StrFormat(
+          "- %d streams: attach window (first poll) %s; mean UPDATE size "
+          "%.0f B (gRPC, protobuf) vs %.0f B (SSE frame: id, event and JSON "
+          "data lines); streams attached after the first change: %d gRPC, "
+          "%d SSE. Fan-out rounds: gRPC %s; SSE %s.\n",
+          p.n, absl::FormatDuration(p.attach_window), g.avg_update_bytes,
+          s.avg_update_bytes, p.grpc.watch.result.late, p.sse.watch.result.late,
+          Rounds(p.grpc.watch.result), Rounds(p.sse.watch.result));
+      if (p.p99_us.size() > 1) {
+        notes += absl::StrCat("  Runs pooled: ", p.p99_us.size(),
+                              "; p99 per run, gRPC / SSE:");
+        for (const auto& [gp, sp] : p.p99_us) {
+          notes += absl::StrCat(" ", Fixed(Ms(gp), 1), " / ", Fixed(Ms(sp), 1),
+                                " ms;");
+        }
+        notes += "\n";
+      }
+    }
+    for (const StreamRun* r : {&p.grpc, &p.sse}) {
+      if (r->watch.ran && !r->watch.result.first_error.empty()) {
+        notes +=
+            absl::StrCat("- ", p.n, " streams, ", r == &p.grpc ? "gRPC" : "SSE",
+                         ": first error: ", r->watch.result.first_error, "\n");
+      }
+    }
+  }
+  md += "\n" + notes;
+}
+
 std::string TargetsTable(const Report& rep) {
   std::string md =
       "\n## Targets\n\n| target | measured | result |\n|---|---|---|\n";
@@ -317,6 +418,31 @@ std::string TargetsTable(const Report& rep) {
   } else {
     md += "| upstream polls independent of watchers | – | not measured |\n";
   }
+  const SsePair* sse1k = nullptr;
+  for (const SsePair& p : rep.sse) {
+    if (p.n == 1000) sse1k = &p;
+  }
+  if (sse1k != nullptr && sse1k->sse.watch.ran) {
+    // A thread per stream or per connection would add 1,000; a fixed pool
+    // adds none. Under 1% of the streams counts as bounded.
+    const StreamRun& s = sse1k->sse;
+    const int added = s.threads_max - s.threads_before;
+    md += absl::StrCat(
+        "| 1k SSE streams on one generation: server threads bounded (fewer "
+        "than 10 added) | ",
+        s.threads_before, " before, ", s.threads_max,
+        " at most with the streams open (gRPC run: ",
+        sse1k->grpc.threads_before, " → ", sse1k->grpc.threads_max, "); RSS ",
+        Fixed(Figures(s.watch).kb_per_stream, 1), " KB/stream (gRPC ",
+        Fixed(Figures(sse1k->grpc.watch).kb_per_stream, 1), "); fan-out p99 ",
+        Fixed(Ms(Figures(s.watch).p99)), " ms (gRPC ",
+        Fixed(Ms(Figures(sse1k->grpc.watch).p99)), ") | ",
+        verdict(s.threads_max > 0, added < 10), " |\n");
+  } else {
+    md +=
+        "| 1k SSE streams on one generation: server threads bounded | – | "
+        "not measured |\n";
+  }
   if (p50k != nullptr && p50k->videogen.ran) {
     const WatchResult& r = p50k->videogen.result;
     md += absl::StrCat(
@@ -334,6 +460,14 @@ std::string TargetsTable(const Report& rep) {
 bool Report::AnyFailure() const {
   for (const WatchPair& p : watchers) {
     for (const WatchRun* r : {&p.videogen, &p.bare}) {
+      if (!r->ran || r->result.errors > 0 ||
+          r->result.attached < r->result.streams || r->result.updates == 0) {
+        return true;
+      }
+    }
+  }
+  for (const SsePair& p : sse) {
+    for (const WatchRun* r : {&p.grpc.watch, &p.sse.watch}) {
       if (!r->ran || r->result.errors > 0 ||
           r->result.attached < r->result.streams || r->result.updates == 0) {
         return true;
@@ -417,6 +551,7 @@ std::string RenderMarkdown(const Report& rep) {
   RenderWatchers(rep, md);
   RenderThroughput(rep, md);
   RenderEfficiency(rep, md);
+  RenderSse(rep, md);
   return md;
 }
 

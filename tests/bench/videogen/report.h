@@ -28,6 +28,8 @@ struct Report {
   std::vector<WatchPair> watchers;
   ThroughputResult throughput;
   EfficiencyResult efficiency;
+  SseOptions sse_options;
+  std::vector<SsePair> sse;
 
   // True when a stream or call failed, or a scenario could not run.
   bool AnyFailure() const;

@@ -2,16 +2,21 @@
 
 #include <curl/curl.h>
 
+#include <atomic>
+#include <cctype>
 #include <map>
 #include <memory>
+#include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
 #include "tests/bench/videogen/bare_server.h"
 #include "tests/bench/videogen/proc.h"
+#include "tests/bench/videogen/sse_watchers.h"
 
 namespace videogen::bench {
 namespace {
@@ -29,12 +34,14 @@ std::string LogPath(const Paths& p, const std::string& name) {
 absl::StatusOr<std::string> StartSim(const Paths& p, Child& sim,
                                      const std::string& name,
                                      absl::Duration queued,
-                                     absl::Duration generating) {
-  absl::Status s = sim.Start(
-      {p.sim_bin, "--listen=127.0.0.1:0", absl::StrCat("--key=", kSimKey),
-       absl::StrCat("--queued_for=", Dur(queued)),
-       absl::StrCat("--generating_for=", Dur(generating))},
-      {}, LogPath(p, name + "-sim"));
+                                     absl::Duration generating,
+                                     std::vector<std::string> extra = {}) {
+  std::vector<std::string> args = {
+      p.sim_bin, "--listen=127.0.0.1:0", absl::StrCat("--key=", kSimKey),
+      absl::StrCat("--queued_for=", Dur(queued)),
+      absl::StrCat("--generating_for=", Dur(generating))};
+  args.insert(args.end(), extra.begin(), extra.end());
+  absl::Status s = sim.Start(args, {}, LogPath(p, name + "-sim"));
   if (!s.ok()) return s;
   absl::StatusOr<std::string> line =
       sim.WaitForLine("listening on", absl::Seconds(15));
@@ -322,6 +329,122 @@ ThroughputResult RunThroughput(const Paths& p, int concurrency,
   r.generate_cpu = CpuSeconds(server.pid()) - cpu;
   r.ran = true;
   return r;
+}
+
+namespace {
+
+// Samples a process's thread count every 20 ms on its own thread until
+// Stop(); returns the largest count seen.
+class ThreadSampler {
+ public:
+  explicit ThreadSampler(pid_t pid)
+      : thread_([this, pid] {
+          while (!stop_.load()) {
+            max_.store(std::max(max_.load(), ThreadCount(pid)));
+            absl::SleepFor(absl::Milliseconds(20));
+          }
+        }) {}
+  ~ThreadSampler() { Stop(); }
+
+  int Stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+    return max_.load();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<int> max_{-1};
+  std::thread thread_;  // last: starts once the atomics exist
+};
+
+// The port of an `"event":"http_listening"` log line.
+absl::StatusOr<int> HttpPort(Child& server) {
+  absl::StatusOr<std::string> line =
+      server.WaitForLine("\"http_listening\"", absl::Seconds(5));
+  if (!line.ok()) return line.status();
+  size_t key = line->find("\"port\":");
+  int port = 0;
+  if (key == std::string::npos) {
+    return absl::InternalError(absl::StrCat("no port in: ", *line));
+  }
+  size_t begin = key + 7, end = begin;
+  while (end < line->size() && std::isdigit(line->at(end))) ++end;
+  if (!absl::SimpleAtoi(line->substr(begin, end - begin), &port)) {
+    return absl::InternalError(absl::StrCat("no port in: ", *line));
+  }
+  return port;
+}
+
+}  // namespace
+
+StreamRun RunSseSide(const Paths& p, const SseOptions& o, int n,
+                     absl::Duration attach_window, bool sse) {
+  StreamRun out;
+  WatchRun& run = out.watch;
+  auto failed = [&](const absl::Status& s) {
+    out.watch = Failed(out.watch, s);
+    return out;
+  };
+  Child sim, server;
+  const std::string name = absl::StrCat("sse-", n, sse ? "-sse" : "-grpc");
+  // The job generates from its creation: polls at attach_window + k *
+  // interval for k = 0 .. updates - 2 see it generating (one UPDATE each, as
+  // the status word alternates), the next one sees it completed. Half an
+  // interval of margin on each side of the phase change.
+  const absl::Duration interval = o.poll_interval;
+  const absl::Duration generating =
+      attach_window + interval * (std::max(2, o.updates) - 2) + interval / 2;
+  auto sim_url = StartSim(p, sim, name, absl::ZeroDuration(), generating,
+                          {"--fault=poll:odd:every=2"});
+  if (!sim_url.ok()) return failed(sim_url.status());
+  // Both transports run on a server with the HTTP listener on, so that the
+  // two baselines (threads, RSS) are the same process configuration.
+  auto address = StartServer(p, server, name, *sim_url, attach_window, interval,
+                             {"--http_listen=127.0.0.1:0"});
+  if (!address.ok()) return failed(address.status());
+  auto port = HttpPort(server);
+  if (!port.ok()) return failed(port.status());
+  auto ids = CreateGenerations(*address, 1);
+  if (!ids.ok()) return failed(ids.status());
+  absl::SleepFor(absl::Milliseconds(300));
+  const pid_t pid = server.pid();
+  run.rss_before = RssBytes(pid);
+  out.threads_before = ThreadCount(pid);
+  const double cpu0 = CpuSeconds(pid);
+  ThreadSampler sampler(pid);
+  auto measure = [&](auto& pool) {
+    pool.WaitAttached(attach_window + absl::Seconds(120));
+    run.rss_attached = RssBytes(pid);
+    out.threads_attached = ThreadCount(pid);
+    pool.WaitDone(generating + absl::Seconds(60));
+    run.result = pool.Collect();
+  };
+  if (sse) {
+    SseWatcherPool pool(*port);
+    pool.Start(ids->front(), n);
+    measure(pool);
+  } else {
+    WatcherPool pool(*address, o.streams_per_channel);
+    pool.Start(*ids, n);
+    measure(pool);
+  }
+  out.threads_max = sampler.Stop();
+  run.cpu_seconds = CpuSeconds(pid) - cpu0;
+  LogChanges(sse ? "sse" : "grpc", run.result);
+  run.rss_peak = PeakRssBytes(pid);
+  run.ran = true;
+  run.runs = 1;
+  return out;
+}
+
+void MergeStreams(StreamRun& into, const StreamRun& from) {
+  Merge(into.watch, from.watch);
+  if (!from.watch.ran) return;
+  into.threads_before = std::max(into.threads_before, from.threads_before);
+  into.threads_attached =
+      std::max(into.threads_attached, from.threads_attached);
+  into.threads_max = std::max(into.threads_max, from.threads_max);
 }
 
 EfficiencyResult RunEfficiency(const Paths& p, const WatchOptions& o,

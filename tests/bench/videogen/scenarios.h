@@ -77,6 +77,32 @@ struct EfficiencyResult {
   std::vector<EfficiencyRow> rows;
 };
 
+// One transport's side of the sse scenario: the streams as in the watchers
+// scenario, plus the server's thread count (/proc/PID/task).
+struct StreamRun {
+  WatchRun watch;
+  int threads_before = -1;    // before the first stream
+  int threads_attached = -1;  // right after the last attach
+  int threads_max = -1;       // most seen while the streams were open
+};
+
+// The sse scenario at one stream count: N gRPC WatchGeneration streams and
+// N SSE streams on one generation, each on a fresh server (see RunSseSide).
+struct SsePair {
+  int n = 0;
+  absl::Duration attach_window;  // --poll_initial_delay: no change before it
+  std::vector<std::pair<int64_t, int64_t>> p99_us;  // per run: gRPC, SSE
+  StreamRun grpc;
+  StreamRun sse;
+};
+
+struct SseOptions {
+  int streams_per_channel = 500;  // gRPC streams per client connection
+  int updates = 10;  // UPDATEs per stream, terminal included (about: the
+                     // server jitters its poll interval by +-20%)
+  absl::Duration poll_interval;
+};
+
 // Adds a repeat of the same run: streams, counts and latency samples add up;
 // RSS and CPU become means over the runs, peak RSS and attach time maxima.
 void Merge(WatchRun& into, const WatchRun& from);
@@ -88,6 +114,18 @@ WatchRun RunBareWatchers(const Paths& paths, const WatchOptions& o, int n,
                          const std::vector<Change>& changes);
 ThroughputResult RunThroughput(const Paths& paths, int concurrency,
                                absl::Duration duration);
+// One run of one transport of the sse scenario on a fresh sim and server
+// (started with --http_listen). The sim answers every other poll with the
+// other word for the same status (`--fault=poll:odd:every=2`), so every poll
+// while generating changes the upstream status: one UPDATE per poll, about
+// `o.updates` with the terminal one (the server jitters its poll interval by
+// +-20%, so a run may see one more or one fewer). The first poll comes after
+// `attach_window` (not jittered), so every stream is attached before the
+// first change.
+StreamRun RunSseSide(const Paths& paths, const SseOptions& o, int n,
+                     absl::Duration attach_window, bool sse);
+// Like Merge; thread counts become maxima over the runs.
+void MergeStreams(StreamRun& into, const StreamRun& from);
 EfficiencyResult RunEfficiency(const Paths& paths, const WatchOptions& o,
                                const std::vector<int>& watcher_counts);
 

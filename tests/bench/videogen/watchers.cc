@@ -50,7 +50,7 @@ class WatcherPool::Watcher : public grpc::ClientReadReactor<GenerationEvent> {
           google::protobuf::util::TimeUtil::TimestampToNanoseconds(
               event_.observe_time()));
       latency_us_.push_back(absl::ToInt64Microseconds(now - observed));
-      if (changes_.size() < 8) {
+      if (changes_.size() < kChangesPerStream) {
         changes_.push_back(Change{event_.generation().id(),
                                   absl::ToUnixNanos(observed),
                                   event_.generation().done()});

@@ -24,6 +24,10 @@ struct Change {
   int64_t max_us = 0;
 };
 
+// UPDATEs per stream kept as a Change (the rounds of the report and the
+// bare replay); later ones count in the latency samples only.
+inline constexpr size_t kChangesPerStream = 64;
+
 // What a set of watchers saw.
 struct WatchResult {
   int64_t streams = 0;
