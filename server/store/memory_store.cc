@@ -16,6 +16,7 @@ using internal::UpdateTime;
 
 Record MemoryStore::Merged(const Row& row) const {
   Record out = row.record;
+  out.webhooks_gone = row.webhooks_gone;
   if (row.webhook.has_value()) {
     *out.generation.mutable_webhook_status() = *row.webhook;
   }
@@ -86,7 +87,7 @@ absl::Status MemoryStore::Insert(const Record& record,
                              taken->first));
     }
     if (absl::Status s = Admit(record, admission); !s.ok()) return s;
-    Row row{record, std::nullopt};
+    Row row{record, std::nullopt, false};
     row.record.version = 1;
     row.record.generation.clear_webhook_status();
     if (!rid.empty()) by_request_[RequestKey(g.tenant(), rid)] = g.id();
@@ -134,6 +135,11 @@ absl::Status MemoryStore::Update(const Record& record,
       stored.lease_until = std::max(stored.lease_until, old_lease);
     }
     for (const Delivery& d : outbox) {
+      // None for a generation whose receiver said 410 (DropDeliveries).
+      auto gen = d.generation_id.empty() || d.generation_id == id
+                     ? it
+                     : records_.find(d.generation_id);
+      if (gen != records_.end() && gen->second.webhooks_gone) continue;
       Delivery copy = d;
       copy.seq = next_seq_++;
       if (copy.created == absl::InfinitePast()) copy.created = absl::Now();
@@ -381,6 +387,8 @@ absl::Status MemoryStore::RetryDelivery(int64_t seq, int attempts,
 
 absl::Status MemoryStore::DropDeliveries(std::string_view generation_id) {
   absl::MutexLock lock(&mu_);
+  auto it = records_.find(generation_id);
+  if (it != records_.end()) it->second.webhooks_gone = true;
   for (auto d = outbox_.begin(); d != outbox_.end();) {
     d = d->second.generation_id == generation_id ? outbox_.erase(d)
                                                  : std::next(d);

@@ -75,10 +75,11 @@ class MemoryStore final : public Store {
 
  private:
   // A stored generation: the record (generation.webhook_status cleared) and
-  // the webhook status kept beside it.
+  // the webhook state kept beside it.
   struct Row {
     Record record;
     std::optional<v1::WebhookStatus> webhook;
+    bool webhooks_gone = false;  // DropDeliveries
   };
   using RequestKey = std::pair<std::string, std::string>;  // tenant, rid
 

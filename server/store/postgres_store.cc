@@ -37,6 +37,7 @@ enum Stmt : int {
   kClaimDeliveries,
   kFinishDelivery,
   kRetryDelivery,
+  kMarkWebhooksGone,
   kDropDeliveries,
   kOutboxStats,
   kAddSample,
@@ -181,11 +182,19 @@ std::vector<pg::Statement> Statements() {
   s[kRevokeKey] = {"revoke_key",
                    "UPDATE api_keys SET revoked_ns = coalesce(revoked_ns, $2)"
                    " WHERE key_id = $1"};
+  // Nothing for a generation whose receiver said 410 (DropDeliveries). Run
+  // in Update's transaction, after its compare-and-set locked the
+  // generation's row: under READ COMMITTED this statement's snapshot sees
+  // a DropDeliveries that committed before that lock was granted, and one
+  // that comes later waits for the lock and then deletes what we insert.
   s[kInsertDelivery] = {
       "insert_delivery",
       "INSERT INTO deliveries (generation_id, revision, tenant, url, body,"
       " attempts, next_attempt_ns, created_ns, owner, lease_until_ns)"
-      " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"};
+      " SELECT $1::text, $2::bigint, $3::text, $4::text, $5::bytea,"
+      " $6::integer, $7::bigint, $8::bigint, $9::text, $10::bigint"
+      " WHERE NOT EXISTS (SELECT 1 FROM generations WHERE id = $1::text"
+      " AND webhooks_gone)"};
   s[kClaimDeliveries] = {
       "claim_deliveries",
       absl::StrCat(
@@ -203,6 +212,12 @@ std::vector<pg::Statement> Statements() {
       absl::StrCat("UPDATE deliveries SET attempts = $2, next_attempt_ns = $3,"
                    " owner = '', lease_until_ns = ",
                    std::numeric_limits<int64_t>::min(), " WHERE seq = $1")};
+  // DropDeliveries: first the flag (which takes the generation's row lock,
+  // so it waits for an Update in progress), then, in a statement of its own
+  // with a fresh snapshot, the deliveries that Update committed.
+  s[kMarkWebhooksGone] = {
+      "mark_webhooks_gone",
+      "UPDATE generations SET webhooks_gone = true WHERE id = $1"};
   s[kDropDeliveries] = {"drop_deliveries",
                         "DELETE FROM deliveries WHERE generation_id = $1"};
   s[kOutboxStats] = {"outbox_stats",
@@ -960,9 +975,21 @@ absl::Status PostgresStore::RetryDelivery(int64_t seq, int attempts,
 
 absl::Status PostgresStore::DropDeliveries(std::string_view generation_id) {
   return WithConnection(false, [&](pg::Connection& conn) -> absl::Status {
+    Transaction tx(conn);
+    if (absl::Status s = tx.Begin(); !s.ok()) return s;
     Params p;
     p.Text(generation_id);
-    return conn.Run(kDropDeliveries, p, "dropping webhook deliveries").status();
+    if (absl::StatusOr<pg::Result> r =
+            conn.Run(kMarkWebhooksGone, p, "stopping a generation's webhooks");
+        !r.ok()) {
+      return r.status();
+    }
+    if (absl::StatusOr<pg::Result> r =
+            conn.Run(kDropDeliveries, p, "dropping webhook deliveries");
+        !r.ok()) {
+      return r.status();
+    }
+    return tx.Commit();
   });
 }
 

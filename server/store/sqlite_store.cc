@@ -180,6 +180,12 @@ CREATE INDEX duration_samples_newest
   ON duration_samples (model, duration_seconds, completed_ns DESC, seq DESC);
 )sql",
      BackfillV2},
+    // 3: set when a generation's webhook receiver answered 410 Gone
+    // (DropDeliveries); its later changes queue no deliveries.
+    {R"sql(
+ALTER TABLE generations ADD COLUMN webhooks_gone INTEGER NOT NULL DEFAULT 0;
+)sql",
+     nullptr},
 };
 constexpr int kNumMigrations = sizeof(kMigrations) / sizeof(kMigrations[0]);
 
@@ -407,7 +413,7 @@ namespace {
 // The columns ReadRecord reads, in its order.
 #define VG_RECORD_COLUMNS                                           \
   "id, body, deadline_ns, version, submit, submit_time_ns, owner, " \
-  "lease_until_ns, webhook_status, create_time_ns"
+  "lease_until_ns, webhook_status, create_time_ns, webhooks_gone"
 #define VG_DELIVERY_COLUMNS                                     \
   "seq, generation_id, revision, tenant, url, body, attempts, " \
   "next_attempt_ns, created_ns, owner, lease_until_ns"
@@ -455,10 +461,12 @@ SqliteStore::StatementTable() {
       {&delete_labels_, "DELETE FROM generation_labels WHERE id = ?1"},
       {&insert_label_,
        "INSERT INTO generation_labels (id, key, value) VALUES (?1, ?2, ?3)"},
+      // Nothing for a generation whose receiver said 410 (DropDeliveries).
       {&insert_delivery_,
        "INSERT INTO outbox (generation_id, revision, tenant, url, body,"
-       " attempts, next_attempt_ns, created_ns) VALUES (?1, ?2, ?3, ?4, ?5,"
-       " ?6, ?7, ?8)"},
+       " attempts, next_attempt_ns, created_ns) SELECT ?1, ?2, ?3, ?4, ?5,"
+       " ?6, ?7, ?8 WHERE NOT EXISTS (SELECT 1 FROM generations WHERE"
+       " id = ?1 AND webhooks_gone != 0)"},
       // Labels and deliveries go by ON DELETE CASCADE.
       {&delete_, "DELETE FROM generations WHERE id = ?1"},
       {&claim_active_,
@@ -494,6 +502,8 @@ SqliteStore::StatementTable() {
       {&retry_delivery_,
        "UPDATE outbox SET attempts = ?2, next_attempt_ns = ?3, owner = '',"
        " lease_until_ns = -9223372036854775808 WHERE seq = ?1"},
+      {&mark_webhooks_gone_,
+       "UPDATE generations SET webhooks_gone = 1 WHERE id = ?1"},
       {&drop_deliveries_, "DELETE FROM outbox WHERE generation_id = ?1"},
       {&outbox_stats_, "SELECT count(*), min(created_ns) FROM outbox"},
       {&insert_sample_,
@@ -630,6 +640,7 @@ absl::StatusOr<Record> ReadRecord(sqlite3_stmt* stmt, const std::string& path) {
   record.submit_time = TimeFromDb(sqlite3_column_int64(stmt, 5));
   record.owner = std::string(ColumnText(stmt, 6));
   record.lease_until = TimeFromDb(sqlite3_column_int64(stmt, 7));
+  record.webhooks_gone = sqlite3_column_int(stmt, 10) != 0;
   return record;
 }
 
@@ -1363,9 +1374,20 @@ absl::Status SqliteStore::RetryDelivery(int64_t seq, int attempts,
 
 absl::Status SqliteStore::DropDeliveries(std::string_view generation_id) {
   absl::MutexLock lock(&mu_);
-  ResetOnExit reset(drop_deliveries_);
-  BindText(drop_deliveries_, 1, generation_id);
-  return StepDone(drop_deliveries_, "dropping webhook deliveries");
+  return Write([&]() -> absl::Status {
+    {
+      ResetOnExit reset(mark_webhooks_gone_);
+      BindText(mark_webhooks_gone_, 1, generation_id);
+      if (absl::Status s =
+              StepDone(mark_webhooks_gone_, "stopping a generation's webhooks");
+          !s.ok()) {
+        return s;
+      }
+    }
+    ResetOnExit reset(drop_deliveries_);
+    BindText(drop_deliveries_, 1, generation_id);
+    return StepDone(drop_deliveries_, "dropping webhook deliveries");
+  });
 }
 
 absl::StatusOr<std::pair<int64_t, absl::Time>> SqliteStore::OutboxStats() {

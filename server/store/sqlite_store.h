@@ -187,6 +187,7 @@ class SqliteStore final : public Store {
   Stmt claim_deliveries_ ABSL_GUARDED_BY(mu_) = nullptr;
   Stmt finish_delivery_ ABSL_GUARDED_BY(mu_) = nullptr;
   Stmt retry_delivery_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Stmt mark_webhooks_gone_ ABSL_GUARDED_BY(mu_) = nullptr;
   Stmt drop_deliveries_ ABSL_GUARDED_BY(mu_) = nullptr;
   Stmt outbox_stats_ ABSL_GUARDED_BY(mu_) = nullptr;
   Stmt insert_sample_ ABSL_GUARDED_BY(mu_) = nullptr;

@@ -44,6 +44,11 @@ struct Record {
   // Single-process stores hand every lease to their one owner.
   std::string owner;
   absl::Time lease_until = absl::InfinitePast();
+  // Set once a webhook receiver answered 410 Gone for this generation
+  // (DropDeliveries): no delivery of it is queued or sent any more. Kept
+  // beside the record like generation.webhook_status: Insert and Update
+  // ignore the caller's value.
+  bool webhooks_gone = false;
 };
 
 // Position in the newest-first order (create_time desc, then id desc).
@@ -156,10 +161,12 @@ class Store {
                               std::optional<Record>* existing) = 0;
 
   // Replaces the record whose stored version is `record.version - 1`
-  // (compare-and-set) and appends `outbox` in the same transaction. ABORTED
-  // when the stored version differs (someone else wrote it: re-read), and
-  // NOT_FOUND when it is gone. After commit, announces the change on the
-  // feed when `generation.revision` went up.
+  // (compare-and-set) and appends `outbox` in the same transaction, except
+  // the deliveries of a generation whose webhooks are gone (DropDeliveries),
+  // which are left out, checked in that transaction. ABORTED when the stored
+  // version differs (someone else wrote it: re-read), and NOT_FOUND when it
+  // is gone. After commit, announces the change on the feed when
+  // `generation.revision` went up.
   virtual absl::Status Update(const Record& record,
                               const std::vector<Delivery>& outbox) = 0;
 
@@ -223,7 +230,10 @@ class Store {
   // Schedules another attempt and releases the lease.
   virtual absl::Status RetryDelivery(int64_t seq, int attempts,
                                      absl::Time next_attempt) = 0;
-  // Removes every pending delivery of a generation (its receiver said 410).
+  // Its receiver said 410 Gone: marks the generation's webhooks gone
+  // (Record::webhooks_gone) and removes every pending delivery of it, in one
+  // transaction, so that no delivery of it is ever queued again (Update
+  // leaves them out). An unknown generation is OK (nothing to stop).
   virtual absl::Status DropDeliveries(std::string_view generation_id) = 0;
   // Pending deliveries and the oldest one's creation time, for metrics.
   virtual absl::StatusOr<std::pair<int64_t, absl::Time>> OutboxStats() = 0;

@@ -8,6 +8,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -487,6 +488,27 @@ void Dispatcher::Loop::HandBack(const Claimed& claimed,
 
 void Dispatcher::Loop::StartAttempt(Claimed claimed, absl::Time now) {
   const store::Delivery& d = claimed.delivery;
+  // A receiver may have answered 410 for an earlier event of this generation
+  // since the claim (on another replica): then this one is not sent. The
+  // store queues nothing for the generation after that, so checking here,
+  // right before the request, closes the gap.
+  absl::StatusOr<std::optional<store::Record>> record =
+      store_->Get(d.generation_id);
+  if (!record.ok()) {
+    StoreError("Get", record.status());
+    --Host(claimed.host).running;
+    HandBack(claimed, now);  // unattempted; it is due again at once
+    return;
+  }
+  if (record->has_value() && (*record)->webhooks_gone) {
+    --Host(claimed.host).running;
+    absl::Status s = store_->FinishDelivery(d.seq);
+    if (!s.ok()) StoreError("FinishDelivery", s);
+    Release(claimed);
+    DropWaiting(d.generation_id);
+    if (backlog_) claim_again_ = true;  // the slot is free again
+    return;
+  }
   // Failures before any request: the slot Admit took goes back first.
   const auto fail = [&](Outcome::Kind kind, std::string reason,
                         std::string text) {

@@ -103,10 +103,16 @@ struct DispatcherStats {
 // that touches curl handles. Kick(), stats() and Stop() may be called from
 // any thread. One delivery of a generation is attempted at a time (so its
 // webhook_status is written by one attempt at a time on this replica).
-// Store calls are synchronous on that thread: three per attempt (finish or
-// retry, read and write the webhook_status), so a slow store (fsync) slows
-// every transfer, and SQLite with sync=full bounds a burst at about 80
-// deliveries/s on the test machine (tests/webhooks/webhooks_bench.cc).
+// Store calls are synchronous on that thread: four per attempt (a read of
+// the generation before it, then finish or retry, read and write the
+// webhook_status), so a slow store (fsync) slows every transfer, and SQLite
+// with sync=full bounds a burst at about 80 deliveries/s on the test
+// machine (tests/webhooks/webhooks_bench.cc).
+//
+// 410 Gone stops the generation: DropDeliveries marks it in the store,
+// which then queues none of its later events, and a delivery of it that
+// was claimed before (here or on another replica) is dropped unsent when
+// its attempt would start.
 //
 // webhook_status.settled is true when this attempt ended its delivery and
 // this replica holds no other delivery of the generation; a later event's

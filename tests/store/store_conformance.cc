@@ -1292,6 +1292,111 @@ TEST_P(StoreConformanceTest, OutboxIsWrittenOnlyWithItsChange) {
   EXPECT_EQ(store_->OutboxStats().value().first, 0);
 }
 
+TEST_P(StoreConformanceTest, GoneGenerationQueuesNoMoreDeliveries) {
+  ASSERT_TRUE(store_->Insert(Make("g1"), Admission{}, nullptr).ok());
+  Record flagged = Make("g2");
+  flagged.webhooks_gone = true;  // Insert ignores it
+  ASSERT_TRUE(store_->Insert(flagged, Admission{}, nullptr).ok());
+  EXPECT_FALSE(store_->Get("g2").value()->webhooks_gone);
+  ASSERT_TRUE(Advance(*store_, "g1", v1::Generation::STATE_GENERATING,
+                      {MakeDelivery("g1", 2, kBase)})
+                  .ok());
+  ASSERT_TRUE(Advance(*store_, "g2", v1::Generation::STATE_GENERATING,
+                      {MakeDelivery("g2", 2, kBase)})
+                  .ok());
+  ASSERT_EQ(store_->OutboxStats().value().first, 2);
+  // The poller read g1 before its receiver said 410 ...
+  Record before = *store_->Get("g1").value();
+  EXPECT_FALSE(before.webhooks_gone);
+
+  ASSERT_TRUE(store_->DropDeliveries("g1").ok());
+  Record gone = *store_->Get("g1").value();
+  EXPECT_TRUE(gone.webhooks_gone);
+  EXPECT_EQ(gone.version, before.version) << "not a new version";
+  EXPECT_EQ(gone.generation.revision(), 2) << "not a new revision";
+  EXPECT_FALSE(store_->Get("g2").value()->webhooks_gone);
+  EXPECT_EQ(store_->OutboxStats().value().first, 1);
+
+  // ... and writes its next change from that copy: the compare-and-set
+  // holds (the mark is beside the record), the delivery is left out.
+  ++before.version;
+  before.generation.set_revision(3);
+  before.generation.set_state(v1::Generation::STATE_COMPLETED);
+  before.generation.set_done(true);
+  ASSERT_TRUE(store_->Update(before, {MakeDelivery("g1", 3, kBase)}).ok());
+  EXPECT_EQ(store_->Get("g1").value()->generation.revision(), 3);
+  EXPECT_TRUE(store_->Get("g1").value()->webhooks_gone)
+      << "an Update from a copy without the mark keeps it";
+  ASSERT_TRUE(Advance(*store_, "g1", v1::Generation::STATE_COMPLETED,
+                      {MakeDelivery("g1", 4, kBase)})
+                  .ok());
+  // Other generations' deliveries are queued as before.
+  ASSERT_TRUE(Advance(*store_, "g2", v1::Generation::STATE_COMPLETED,
+                      {MakeDelivery("g2", 3, kBase)})
+                  .ok());
+  std::vector<Delivery> due =
+      store_->ClaimDeliveries("w", kBase, kBase + absl::Minutes(1), 10).value();
+  std::vector<std::string> queued;
+  for (const Delivery& d : due) {
+    queued.push_back(absl::StrCat(d.generation_id, ".", d.revision));
+  }
+  EXPECT_THAT(queued, ElementsAre("g2.2", "g2.3"));
+
+  // The mark shows wherever records are read.
+  ASSERT_TRUE(store_->Insert(Make("g3"), Admission{}, nullptr).ok());
+  ASSERT_TRUE(store_->DropDeliveries("g3").ok());
+  std::vector<Record> claimed =
+      store_->ClaimActive("A", kBase, kBase + absl::Minutes(1), 10).value();
+  ASSERT_EQ(Ids(claimed), std::vector<std::string>{"g3"});
+  EXPECT_TRUE(claimed[0].webhooks_gone);
+  EXPECT_TRUE(store_->DropDeliveries("missing").ok());
+}
+
+TEST_P(StoreConformanceTest, GoneRacingAnUpdateLeavesNoDelivery) {
+  // The poller keeps writing changes with deliveries while the dispatcher
+  // records a 410: whichever commits first, nothing of g1 stays queued.
+  constexpr int kWrites = 40;
+  ASSERT_TRUE(store_->Insert(Make("g1"), Admission{}, nullptr).ok());
+  std::atomic<int> written{0};
+  std::atomic<bool> writer_done{false};
+  absl::Status writer_status;
+  std::thread writer([&] {
+    struct Done {
+      std::atomic<bool>& flag;
+      ~Done() { flag.store(true); }
+    } done{writer_done};
+    for (int i = 0; i < kWrites; ++i) {
+      absl::StatusOr<std::optional<Record>> got = store_->Get("g1");
+      if (!got.ok() || !got->has_value()) {
+        writer_status = absl::InternalError("g1 unreadable");
+        return;
+      }
+      Record r = **got;
+      ++r.version;
+      r.generation.set_revision(r.generation.revision() + 1);
+      r.generation.set_state(v1::Generation::STATE_GENERATING);
+      absl::Status s = store_->Update(
+          r, {MakeDelivery("g1", r.generation.revision(), kBase)});
+      if (!s.ok()) {
+        writer_status = s;
+        return;
+      }
+      written.fetch_add(1);
+    }
+  });
+  while (written.load() < kWrites / 4 && !writer_done.load()) {
+    std::this_thread::yield();
+  }
+  absl::Status dropped = store_->DropDeliveries("g1");
+  writer.join();
+  ASSERT_TRUE(writer_status.ok()) << writer_status;
+  ASSERT_TRUE(dropped.ok()) << dropped;
+  EXPECT_EQ(store_->Get("g1").value()->generation.revision(), 1 + kWrites);
+  EXPECT_EQ(store_->OutboxStats().value().first, 0);
+  EXPECT_TRUE(store_->ClaimDeliveries("w", kBase, kBase + absl::Minutes(1), 100)
+                  ->empty());
+}
+
 // ---- Samples ---------------------------------------------------------------
 
 TEST_P(StoreConformanceTest, SamplesNewestFirstAndBounded) {

@@ -54,6 +54,11 @@
 //    Delete and PurgeTerminalBefore.
 //  - FinishDelivery and RetryDelivery of an unknown seq are OK (it was
 //    dropped or purged meanwhile). ClaimDeliveries returns lowest seq first.
+//  - DropDeliveries sets Record::webhooks_gone (no new version or revision;
+//    an unknown id is OK); every later Update leaves that generation's
+//    deliveries out, also one from a copy read before, and racing ones
+//    leave none queued. Insert and Update ignore the caller's
+//    webhooks_gone; Get and ClaimActive report it.
 //  - InsertKey: ALREADY_EXISTS when key_id or key_hash is taken.
 //    FindKeyByHash returns revoked keys too (with `revoked` set).
 //  - The feed announces each committed revision rise (and each Insert with

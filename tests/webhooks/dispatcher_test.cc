@@ -296,6 +296,31 @@ TEST_F(DispatcherTest, GoneStopsTheGenerationsOtherDeliveries) {
   EXPECT_TRUE(outbox_.Retries().empty());
 }
 
+TEST_F(DispatcherTest, DeliveryClaimedBeforeA410ElsewhereIsNotSent) {
+  Receiver receiver([](const httplib::Request&, httplib::Response& res, int) {
+    Status(res, 200);
+  });
+  DispatcherOptions o = Options();
+  o.poll_interval = absl::Hours(1);  // one claim sees both
+  Enqueue("gen-a", 4, receiver.Url("/late"));
+  Enqueue("gen-b", 3, receiver.Url("/fine"));
+  // Another replica records a 410 for gen-a's revision 3 right after this
+  // one claimed revision 4.
+  outbox_.DropAfterClaim("gen-a");
+  auto dispatcher = Start(std::move(o));
+  ASSERT_TRUE(Settled("gen-b"));
+  ASSERT_TRUE(outbox_.WaitFor([&](FakeOutbox& o) {
+    const DispatcherStats st = dispatcher->stats();
+    return o.Pending().empty() && st.in_flight == 0 && st.waiting == 0;
+  }));
+
+  EXPECT_EQ(receiver.Count("/late"), 0) << "sent after the 410";
+  EXPECT_EQ(receiver.Count("/fine"), 1);
+  EXPECT_FALSE(outbox_.Status("gen-a").has_value()) << "no attempt made";
+  EXPECT_THAT(hooks_.Attempts(), ElementsAre("delivered"));
+  EXPECT_TRUE(outbox_.Retries().empty());
+}
+
 TEST_F(DispatcherTest, RedirectIsAFailureAndIsNotFollowed) {
   Receiver receiver(
       [](const httplib::Request& req, httplib::Response& res, int) {

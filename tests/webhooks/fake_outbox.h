@@ -3,12 +3,14 @@
 // A store that implements only what the webhook Dispatcher uses: the outbox
 // (with the leases and ordering store.h specifies), Get and
 // SetWebhookStatus. Everything else answers UNIMPLEMENTED. It also records
-// the RetryDelivery calls so tests can check the delays chosen.
+// the RetryDelivery calls so tests can check the delays chosen, and can
+// play another replica recording a 410 right after a claim.
 // Thread-safe.
 
 #include <algorithm>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -59,6 +61,14 @@ class FakeOutbox final : public store::Store {
     return retries_;
   }
 
+  // Once a delivery of `generation_id` has been claimed, DropDeliveries runs
+  // for it, as when another replica's receiver answered 410 for an earlier
+  // event of the generation between this replica's claim and its attempt.
+  void DropAfterClaim(const std::string& generation_id) {
+    absl::MutexLock lock(&mu_);
+    drop_after_claim_.insert(generation_id);
+  }
+
   // Ends every lease, as if their holder died long ago.
   void ExpireLeases() {
     absl::MutexLock lock(&mu_);
@@ -95,6 +105,11 @@ class FakeOutbox final : public store::Store {
       d->lease_until = until;
       out.push_back(*d);
     }
+    for (const store::Delivery& d : out) {
+      if (drop_after_claim_.erase(d.generation_id) != 0) {
+        DropLocked(d.generation_id);
+      }
+    }
     return out;
   }
 
@@ -119,10 +134,7 @@ class FakeOutbox final : public store::Store {
 
   absl::Status DropDeliveries(std::string_view generation_id) override {
     absl::MutexLock lock(&mu_);
-    for (auto it = deliveries_.begin(); it != deliveries_.end();) {
-      it = it->second.generation_id == generation_id ? deliveries_.erase(it)
-                                                     : std::next(it);
-    }
+    DropLocked(generation_id);
     return absl::OkStatus();
   }
 
@@ -141,6 +153,7 @@ class FakeOutbox final : public store::Store {
     if (it == generations_.end()) return std::optional<store::Record>();
     store::Record r;
     r.generation.set_id(std::string(id));
+    r.webhooks_gone = gone_.count(std::string(id)) != 0;
     if (it->second.has_value()) {
       *r.generation.mutable_webhook_status() = *it->second;
     }
@@ -210,6 +223,17 @@ class FakeOutbox final : public store::Store {
     return absl::UnimplementedError("not part of the outbox fake");
   }
 
+  // DropDeliveries as store.h has it: marks the generation, then removes
+  // its deliveries.
+  void DropLocked(std::string_view generation_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    gone_.insert(std::string(generation_id));
+    for (auto it = deliveries_.begin(); it != deliveries_.end();) {
+      it = it->second.generation_id == generation_id ? deliveries_.erase(it)
+                                                     : std::next(it);
+    }
+  }
+
   absl::Mutex mu_;
   int64_t last_seq_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<int64_t, store::Delivery> deliveries_ ABSL_GUARDED_BY(mu_);
@@ -217,6 +241,8 @@ class FakeOutbox final : public store::Store {
   std::map<std::string, std::optional<v1::WebhookStatus>> generations_
       ABSL_GUARDED_BY(mu_);
   std::vector<RetryCall> retries_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> gone_ ABSL_GUARDED_BY(mu_);  // DropDeliveries
+  std::set<std::string> drop_after_claim_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace videogen::webhooks::test_support

@@ -121,6 +121,12 @@ CREATE TABLE duration_samples (
 CREATE INDEX duration_samples_by_key
   ON duration_samples (model, duration_seconds, completed_ns DESC, seq DESC);
 )sql",
+    // 2: set when a generation's webhook receiver answered 410 Gone
+    // (DropDeliveries); its later changes queue no deliveries.
+    R"sql(
+ALTER TABLE generations
+  ADD COLUMN webhooks_gone boolean NOT NULL DEFAULT false;
+)sql",
 };
 constexpr int kNumMigrations = sizeof(kMigrations) / sizeof(kMigrations[0]);
 
@@ -213,9 +219,10 @@ absl::Status Migrate(PGconn* conn) {
 
 std::string RecordColumns(const std::string& alias) {
   static const char* const kColumns[] = {
-      "id",          "body",         "webhook_status",
-      "deadline_ns", "submit_phase", "submit_time_ns",
-      "version",     "owner",        "lease_until_ns"};
+      "id",           "body",         "webhook_status",
+      "deadline_ns",  "submit_phase", "submit_time_ns",
+      "version",      "owner",        "lease_until_ns",
+      "webhooks_gone"};
   static_assert(sizeof(kColumns) / sizeof(kColumns[0]) == kRecordColumnCount);
   std::string out;
   for (int i = 0; i < kRecordColumnCount; ++i) {
@@ -250,6 +257,7 @@ absl::StatusOr<Record> RecordFromRow(const Row& row, int first) {
   record.version = row.Int(first + 6);
   record.owner = row.Text(first + 7);
   record.lease_until = FromNs(row.Int(first + 8));
+  record.webhooks_gone = row.Bool(first + 9);
   return record;
 }
 

@@ -35,7 +35,7 @@ absl::StatusOr<int64_t> ChangeHead(PGconn* conn);
 // The columns a Record is read from, in the order RecordFromRow expects,
 // optionally qualified by a table alias ("g." ...).
 std::string RecordColumns(const std::string& alias = "");
-inline constexpr int kRecordColumnCount = 9;
+inline constexpr int kRecordColumnCount = 10;
 
 // Decodes RecordColumns() starting at column `first`. DATA_LOSS naming the
 // id when the stored body does not parse. The separately stored webhook
