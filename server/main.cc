@@ -53,7 +53,9 @@ int RunKeys(int argc, char** argv) {
     std::cerr << "videogen-server keys: " << config.status().message() << "\n";
     return 2;
   }
-  auto store = app::OpenStore(*config);
+  // Beside a server running on the same store, too: a revocation reaches
+  // it within seconds (design.md §7).
+  auto store = app::OpenStore(*config, app::StoreUser::kKeysCommand);
   if (!store.ok()) {
     std::cerr << "videogen-server keys: " << store.status().message() << "\n";
     return 1;

@@ -127,7 +127,8 @@ std::string ReplicaId(const Config& c) {
   return absl::StrCat(host, "-", getpid());
 }
 
-absl::StatusOr<std::unique_ptr<store::Store>> OpenStore(const Config& c) {
+absl::StatusOr<std::unique_ptr<store::Store>> OpenStore(const Config& c,
+                                                        StoreUser user) {
   if (c.store == "memory") {
     Log("warn", "store_memory",
         {{"message", "--store=memory: generations are lost on restart"}});
@@ -144,7 +145,11 @@ absl::StatusOr<std::unique_ptr<store::Store>> OpenStore(const Config& c) {
     if (!pg.ok()) return pg.status();
     return std::unique_ptr<store::Store>(std::move(*pg));
   }
-  auto sqlite = store::SqliteStore::Open(c.data_dir);
+  store::SqliteOptions o;
+  if (user == StoreUser::kKeysCommand) {
+    o.role = store::SqliteOptions::Role::kKeyAdmin;
+  }
+  auto sqlite = store::SqliteStore::Open(c.data_dir, o);
   if (!sqlite.ok()) return sqlite.status();
   return std::unique_ptr<store::Store>(std::move(*sqlite));
 }

@@ -37,7 +37,13 @@ namespace videogen::app {
 // single-process store (a restart takes its own leases back at once).
 std::string ReplicaId(const Config& config);
 
-absl::StatusOr<std::unique_ptr<store::Store>> OpenStore(const Config& config);
+// Who opens the store. kKeysCommand (`videogen-server keys`) also works on
+// a SQLite data dir a running server holds: it takes no lock there and
+// migrates nothing (store::SqliteOptions::Role::kKeyAdmin).
+enum class StoreUser { kServer, kKeysCommand };
+
+absl::StatusOr<std::unique_ptr<store::Store>> OpenStore(
+    const Config& config, StoreUser user = StoreUser::kServer);
 
 struct Upstreams {
   std::unique_ptr<sim::SimServer> sim;

@@ -275,22 +275,33 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(
         absl::StrFormat("data dir %s is not writable: %s; %s", data_dir,
                         std::strerror(errno), WhatToDoUnwritable()));
   }
+  const bool key_admin = options.role == SqliteOptions::Role::kKeyAdmin;
+  bool locked = true;
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
     ::close(fd);
-    if (err == EWOULDBLOCK) {
+    fd = -1;
+    locked = false;
+    if (err != EWOULDBLOCK) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("cannot lock %s: %s; %s", lock_path,
+                          std::strerror(err), WhatToDoUnwritable()));
+    }
+    if (!key_admin) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "data dir %s is in use by another videogen server (%s is locked); "
           "stop that server or pass another --data_dir",
           data_dir, lock_path));
     }
-    return absl::FailedPreconditionError(
-        absl::StrFormat("cannot lock %s: %s; %s", lock_path, std::strerror(err),
-                        WhatToDoUnwritable()));
+    // The keys command beside a running server: no lock, no migration.
   }
+  // The keys command keeps the lock only while it creates or migrates the
+  // database: a server may start while it runs.
   std::unique_ptr<SqliteStore> store(
-      new SqliteStore(data_dir + "/videogen.db", fd));
-  if (absl::Status s = store->Init(options); !s.ok()) return s;
+      new SqliteStore(data_dir + "/videogen.db", key_admin ? -1 : fd));
+  absl::Status s = store->Init(options, /*migrate=*/locked);
+  if (key_admin && fd >= 0) ::close(fd);  // releases the flock
+  if (!s.ok()) return s;
   return store;
 }
 
@@ -307,10 +318,10 @@ SqliteStore::~SqliteStore() {
     sqlite3_close(db_);  // checkpoints and removes the WAL
     db_ = nullptr;
   }
-  ::close(lock_fd_);  // releases the flock
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
 }
 
-absl::Status SqliteStore::Init(const SqliteOptions& options) {
+absl::Status SqliteStore::Init(const SqliteOptions& options, bool migrate) {
   absl::MutexLock lock(&mu_);
   int rc = sqlite3_open_v2(
       path_.c_str(), &db_,
@@ -341,16 +352,17 @@ absl::Status SqliteStore::Init(const SqliteOptions& options) {
   }
   if (absl::Status s = Exec(SyncPragma(options.sync)); !s.ok()) return s;
   if (absl::Status s = Exec("PRAGMA foreign_keys = ON"); !s.ok()) return s;
-  if (absl::Status s = Migrate(); !s.ok()) return s;
+  if (absl::Status s = Migrate(migrate); !s.ok()) return s;
   return PrepareAll();
 }
 
-absl::Status SqliteStore::Migrate() {
-  // IMMEDIATE takes the write lock now, and the user_version write below
-  // runs on every start: a data dir that cannot be written fails here, at
-  // startup, not at the first state change.
+absl::Status SqliteStore::Migrate(bool migrate) {
+  // IMMEDIATE takes the write lock now (waiting up to busy_timeout for a
+  // running server's transaction), and the user_version write below runs on
+  // every start: a data dir that cannot be written fails here, at startup,
+  // not at the first state change.
   if (absl::Status s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
-  absl::Status status = MigrateSteps();
+  absl::Status status = MigrateSteps(migrate);
   if (!status.ok()) {
     sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
     return status;
@@ -358,7 +370,7 @@ absl::Status SqliteStore::Migrate() {
   return Exec("COMMIT");
 }
 
-absl::Status SqliteStore::MigrateSteps() {
+absl::Status SqliteStore::MigrateSteps(bool migrate) {
   absl::StatusOr<int64_t> app_id = PragmaInt("PRAGMA application_id");
   if (!app_id.ok()) return app_id.status();
   absl::StatusOr<int64_t> version = PragmaInt("PRAGMA user_version");
@@ -378,6 +390,17 @@ absl::Status SqliteStore::MigrateSteps() {
     return absl::FailedPreconditionError(absl::StrFormat(
         "database %s has schema version %d, newer than this videogen "
         "knows (%d); run a newer videogen or point --data_dir elsewhere",
+        path_, *version, kNumMigrations));
+  }
+  if (!migrate) {
+    // Beside a running server: its schema must be ours exactly. Migrating
+    // under it could break a server that runs an older binary.
+    if (*version == kNumMigrations) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "database %s has schema version %d, older than this videogen's (%d), "
+        "and a running videogen server holds its data dir; run `keys` with "
+        "that server's own videogen-server binary, or stop the server and "
+        "run this one again (it migrates the schema)",
         path_, *version, kNumMigrations));
   }
   for (int64_t v = *version; v < kNumMigrations; ++v) {

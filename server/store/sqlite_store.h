@@ -29,6 +29,21 @@ struct SqliteOptions {
   Sync sync = Sync::kFull;
   // How long a statement waits for a lock held by another connection.
   int busy_timeout_ms = 5000;
+  // Who opens the data dir.
+  //  - kServer holds <data_dir>/videogen.lock for as long as the store is
+  //    open, so a second server on the same data dir is refused, and
+  //    migrates the schema.
+  //  - kKeyAdmin is `videogen-server keys`, which must work beside the
+  //    server running on the data dir (design.md §7: a revocation reaches
+  //    the running server within seconds). With no server there it opens
+  //    like one (creates and migrates the database) but lets the lock go
+  //    once open, so a server can start meanwhile. Beside a running server
+  //    it takes no lock and migrates nothing: the file must already have
+  //    exactly this binary's schema version, else FAILED_PRECONDITION. Its
+  //    few short writes then share the file with the server's under SQLite's
+  //    WAL locking (BEGIN IMMEDIATE; both sides wait up to busy_timeout_ms).
+  enum class Role { kServer, kKeyAdmin };
+  Role role = Role::kServer;
 };
 
 // The default Store: one SQLite file, <data_dir>/videogen.db, in WAL mode.
@@ -39,13 +54,16 @@ struct SqliteOptions {
 // change feed is delivered after the mutex is released (ChangePublisher). A
 // lock file (<data_dir>/videogen.lock, flock) keeps a second server off the
 // same data dir; the OS drops it when the process dies, even on kill -9.
+// The keys command opens the file beside a running server
+// (SqliteOptions::Role::kKeyAdmin); its feed sees only its own writes.
 class SqliteStore final : public Store {
  public:
   // Schema version this code writes (PRAGMA user_version).
   static int SchemaVersion();
 
   // Creates data_dir if missing, opens or creates the database, checks that
-  // it can be written and migrates the schema. Errors are
+  // it can be written and migrates the schema (see SqliteOptions::Role for
+  // the keys command's open beside a running server). Errors are
   // FAILED_PRECONDITION (or DATA_LOSS for a corrupt file) with a message that
   // says what to do.
   static absl::StatusOr<std::unique_ptr<SqliteStore>> Open(
@@ -112,11 +130,14 @@ class SqliteStore final : public Store {
   // A prepared statement owned by the store; finalized in the destructor.
   using Stmt = sqlite3_stmt*;
 
+  // `lock_fd` is the flocked lock file, closed with the store; -1 for none.
   SqliteStore(std::string path, int lock_fd);
 
-  absl::Status Init(const SqliteOptions& options);
-  absl::Status Migrate() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status MigrateSteps() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `migrate` false: only checks that the schema is exactly this binary's
+  // (a running server owns migrations).
+  absl::Status Init(const SqliteOptions& options, bool migrate);
+  absl::Status Migrate(bool migrate) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status MigrateSteps(bool migrate) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status PrepareAll() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Every prepared statement's slot and SQL.
   std::vector<std::pair<Stmt*, const char*>> StatementTable()

@@ -483,13 +483,47 @@ void RevokeWhileRunning(const std::vector<std::string>& store_flags) {
   ExpectAllUnauthenticated(stub.get(), g.id(), "revoked key", key);
 }
 
-// Fails today: SqliteStore::Open takes an exclusive flock on the data dir,
-// so `keys revoke` (and `keys create`) cannot open the store of a running
-// server ("data dir ... is in use by another videogen server"). Enable once
-// the keys command can share a running server's SQLite file.
-TEST(TenantsE2e, DISABLED_RevokedKeyIsRefusedWithinSecondsOnRunningSqlite) {
+// The server holds the data dir's lock file; `keys` opens the SQLite file
+// beside it without the lock and without migrating
+// (SqliteOptions::Role::kKeyAdmin).
+TEST(TenantsE2e, RevokedKeyIsRefusedWithinSecondsOnRunningSqlite) {
   RevokeWhileRunning(
       {"--store=sqlite", "--data_dir=" + FreshDir("revoke-sqlite")});
+}
+
+// `keys create` and `keys list` work beside a running SQLite server too,
+// and the data dir still takes one server only.
+TEST(TenantsE2e, KeysCommandRunsBesideASqliteServerThatStaysTheOnlyOne) {
+  Sim sim = StartSim();
+  const std::vector<std::string> store_flags = {
+      "--store=sqlite", "--data_dir=" + FreshDir("keys-beside")};
+  Tenanted t = StartWithTenants(sim, {{"alpha", {}}}, {}, store_flags);
+  nlohmann::json beta = CreateKey(store_flags, "beta");
+  {
+    grpc::ClientContext ctx;
+    Deadline(&ctx);
+    v1::ListGenerationsResponse resp;
+    grpc::Status s =
+        t.server.Stub(beta["key"].get<std::string>())
+            ->ListGenerations(&ctx, v1::ListGenerationsRequest(), &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+  }
+  std::vector<std::string> list = {Bins().server, "keys", "list"};
+  list.insert(list.end(), store_flags.begin(), store_flags.end());
+  CommandResult listed = RunCommand(list);
+  ASSERT_EQ(listed.exit_code, 0) << listed.err;
+  EXPECT_TRUE(absl::StrContains(listed.out, "\"tenant\":\"beta\""))
+      << listed.out;
+  EXPECT_FALSE(absl::StrContains(listed.out, beta["key"].get<std::string>()));
+
+  std::vector<std::string> second = {Bins().server, "--auth=none", "--simulate",
+                                     "--listen=127.0.0.1:0"};
+  second.insert(second.end(), store_flags.begin(), store_flags.end());
+  CommandResult refused = RunCommand(second, absl::Seconds(15));
+  EXPECT_EQ(refused.exit_code, 1) << refused.err;
+  EXPECT_TRUE(absl::StrContains(refused.out + refused.err,
+                                "in use by another videogen server"))
+      << refused.out << refused.err;
 }
 
 // Needs VIDEOGEN_TEST_DATABASE_URL (scripts/pg.sh); makes its own database.

@@ -627,6 +627,123 @@ TEST(SqliteStore, SecondServerOnTheSameDataDirIsRefused) {
   EXPECT_NE(MustOpen(dir.path()), nullptr) << "the lock goes with the store";
 }
 
+// `videogen-server keys` (issue 17): opens the data dir a running server
+// holds, and what each writes the other reads.
+absl::StatusOr<std::unique_ptr<SqliteStore>> OpenKeyAdmin(
+    const std::string& dir) {
+  SqliteOptions o;
+  o.role = SqliteOptions::Role::kKeyAdmin;
+  return SqliteStore::Open(dir, o);
+}
+
+ApiKey MakeKey(const std::string& id) {
+  ApiKey k;
+  k.key_id = id;
+  k.key_hash = std::string(64, 'a' + static_cast<char>(id.size() % 26));
+  k.tenant = "acme";
+  k.webhook_secret = "whsec_x";
+  k.created = kBase;
+  return k;
+}
+
+TEST(SqliteStore, KeyAdminOpensBesideARunningServer) {
+  TempDir dir;
+  std::unique_ptr<SqliteStore> server = MustOpen(dir.path());
+  ASSERT_NE(server, nullptr);
+  ASSERT_TRUE(Ins(*server, MakeRecord("g1")).ok());
+  absl::StatusOr<std::unique_ptr<SqliteStore>> admin = OpenKeyAdmin(dir.path());
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  // A second server is still refused, with the admin open too.
+  absl::StatusOr<std::unique_ptr<SqliteStore>> second =
+      SqliteStore::Open(dir.path());
+  ASSERT_FALSE(second.ok());
+  EXPECT_THAT(second.status().message(),
+              HasSubstr("is in use by another videogen server"));
+
+  const ApiKey key = MakeKey("k_1");
+  ASSERT_TRUE((*admin)->InsertKey(key).ok());
+  absl::StatusOr<std::optional<ApiKey>> seen =
+      server->FindKeyByHash(key.key_hash);
+  ASSERT_TRUE(seen.ok() && seen->has_value()) << seen.status();
+  EXPECT_FALSE((*seen)->revoked.has_value());
+  ASSERT_TRUE((*admin)->RevokeKey("k_1", kBase + absl::Hours(1)).ok());
+  seen = server->FindKeyByHash(key.key_hash);
+  ASSERT_TRUE(seen.ok() && seen->has_value()) << seen.status();
+  EXPECT_EQ((*seen)->revoked, kBase + absl::Hours(1));
+  // And the other way round.
+  ASSERT_TRUE(server->InsertKey(MakeKey("k_22")).ok());
+  EXPECT_EQ((*admin)->ListKeys().value().size(), 2u);
+  EXPECT_TRUE((*admin)->Get("g1").value().has_value());
+  admin->reset();
+  // The server's store still works after the admin closed its connection.
+  ASSERT_TRUE(Ins(*server, MakeRecord("g2")).ok());
+  EXPECT_EQ(server->ListKeys().value().size(), 2u);
+}
+
+TEST(SqliteStore, KeyAdminWaitsForTheServersWriteInsteadOfFailing) {
+  TempDir dir;
+  std::unique_ptr<SqliteStore> server = MustOpen(dir.path());
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<std::unique_ptr<SqliteStore>> admin = OpenKeyAdmin(dir.path());
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  // Another connection holds the write lock for a while (as a server's
+  // transaction would); the admin's insert waits (busy_timeout) and lands.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir.path() + "/videogen.db").c_str(), &db),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  absl::Notification inserting;
+  std::thread releaser([&] {
+    inserting.WaitForNotification();
+    absl::SleepFor(absl::Milliseconds(200));
+    sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+  });
+  inserting.Notify();
+  absl::Status s = (*admin)->InsertKey(MakeKey("k_1"));
+  releaser.join();
+  sqlite3_close(db);
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(server->ListKeys().value().size(), 1u);
+}
+
+TEST(SqliteStore, KeyAdminAloneCreatesTheDatabaseAndLetsAServerStart) {
+  TempDir dir;
+  absl::StatusOr<std::unique_ptr<SqliteStore>> admin = OpenKeyAdmin(dir.path());
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  const std::string db = dir.path() + "/videogen.db";
+  EXPECT_EQ(RawInt(db, "PRAGMA user_version"), SqliteStore::SchemaVersion());
+  ASSERT_TRUE((*admin)->InsertKey(MakeKey("k_1")).ok());
+  // The lock went once the database was ready: a server starts beside it.
+  std::unique_ptr<SqliteStore> server = MustOpen(dir.path());
+  ASSERT_NE(server, nullptr);
+  EXPECT_EQ(server->ListKeys().value().size(), 1u);
+  EXPECT_FALSE(SqliteStore::Open(dir.path()).ok()) << "one server only";
+}
+
+TEST(SqliteStore, KeyAdminDoesNotMigrateARunningServersDatabase) {
+  TempDir dir;
+  std::unique_ptr<SqliteStore> server = MustOpen(dir.path());
+  ASSERT_NE(server, nullptr);
+  const std::string db = dir.path() + "/videogen.db";
+  // As if the running server were an older binary.
+  const int older = SqliteStore::SchemaVersion() - 1;
+  RawExec(db, absl::StrCat("PRAGMA user_version = ", older));
+  absl::StatusOr<std::unique_ptr<SqliteStore>> admin = OpenKeyAdmin(dir.path());
+  ASSERT_FALSE(admin.ok());
+  EXPECT_EQ(admin.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(admin.status().message(),
+              HasSubstr(absl::StrCat("schema version ", older)));
+  EXPECT_THAT(admin.status().message(), HasSubstr("running videogen server"));
+  EXPECT_EQ(RawInt(db, "PRAGMA user_version"), older) << "left untouched";
+  // A newer schema is refused as for a server.
+  RawExec(db, absl::StrCat("PRAGMA user_version = ",
+                           SqliteStore::SchemaVersion() + 1));
+  admin = OpenKeyAdmin(dir.path());
+  ASSERT_FALSE(admin.ok());
+  EXPECT_THAT(admin.status().message(), HasSubstr("run a newer videogen"));
+}
+
 TEST(SqliteStore, UsesWalMode) {
   TempDir dir;
   std::unique_ptr<SqliteStore> s = MustOpen(dir.path());
