@@ -80,7 +80,8 @@ ABSL_FLAG(absl::Duration, poll_interval, absl::Seconds(5),
 ABSL_FLAG(absl::Duration, generation_deadline, absl::Minutes(30),
           "a generation not done by then is FAILED with DEADLINE_EXCEEDED");
 ABSL_FLAG(int, max_outstanding_submits, 4,
-          "submits handed to the upstream at once; the rest queue per tenant");
+          "submits of one tenant handed to the upstream at once; the rest "
+          "queue here");
 ABSL_FLAG(absl::Duration, reconcile_window, absl::Minutes(15),
           "how long an unanswered submit is looked for in the usage log "
           "before it is FAILED SUBMIT_UNCONFIRMED");

@@ -54,6 +54,7 @@ upstream::SubmitRequest ToSubmit(const v1::Generation& g,
   if (r.has_cfg_scale()) s.cfg_scale = r.cfg_scale();
   s.image_url = r.image_url();
   s.traceparent = traceparent;
+  s.tenant = g.tenant();
   return s;
 }
 
@@ -356,25 +357,25 @@ void Tracker::Impl::JoinExisting(const store::Record& existing,
 void Tracker::Impl::QueueSubmit(const std::string& id,
                                 const std::string& tenant) {
   submit_queues_[tenant].push_back(id);
-  PumpSubmits();
+  PumpSubmits(tenant);
 }
 
-void Tracker::Impl::PumpSubmits() {
-  while (outstanding_submits_ < options_.max_outstanding_submits &&
-         !submit_queues_.empty() && !stopping_) {
-    // Round-robin: the first tenant after the one served last.
-    auto it = submit_queues_.upper_bound(last_tenant_served_);
-    if (it == submit_queues_.end()) it = submit_queues_.begin();
-    last_tenant_served_ = it->first;
-    const std::string id = it->second.front();
-    it->second.pop_front();
-    if (it->second.empty()) submit_queues_.erase(it);
+void Tracker::Impl::PumpSubmits(const std::string& tenant) {
+  auto queue = submit_queues_.find(tenant);
+  if (queue == submit_queues_.end()) return;
+  // Per tenant: a tenant whose submits wait long in the upstream (behind
+  // its own polls there) holds back only its own creates.
+  int& outstanding = outstanding_submits_[tenant];
+  while (outstanding < options_.max_outstanding_submits &&
+         !queue->second.empty() && !stopping_) {
+    const std::string id = queue->second.front();
+    queue->second.pop_front();
     auto e = entries_.find(id);
     if (e == entries_.end() || e->second.phase != Phase::kWaitingToSubmit) {
       continue;  // cancelled while waiting
     }
     e->second.phase = Phase::kSubmitting;
-    ++outstanding_submits_;
+    ++outstanding;
     std::shared_ptr<Inbox> inbox = inbox_;
     upstream_->Submit(
         ToSubmit(e->second.record.generation, e->second.traceparent),
@@ -384,13 +385,15 @@ void Tracker::Impl::PumpSubmits() {
           if (!posted) gate->Abandon();  // stopping: nothing leaves
           inbox->Wake();
         },
-        [this, inbox, id](absl::StatusOr<upstream::SubmitResult> r) {
-          inbox->Post([this, id, r = std::move(r)]() mutable {
-            OnSubmitted(id, std::move(r));
+        [this, inbox, id, tenant](absl::StatusOr<upstream::SubmitResult> r) {
+          inbox->Post([this, id, tenant, r = std::move(r)]() mutable {
+            OnSubmitted(id, tenant, std::move(r));
           });
           inbox->Wake();
         });
   }
+  if (queue->second.empty()) submit_queues_.erase(queue);
+  if (outstanding == 0) outstanding_submits_.erase(tenant);
 }
 
 void Tracker::Impl::OnGateOpen(const std::string& id,
@@ -426,9 +429,13 @@ void Tracker::Impl::OnGateOpen(const std::string& id,
 }
 
 void Tracker::Impl::OnSubmitted(const std::string& id,
+                                const std::string& tenant,
                                 absl::StatusOr<upstream::SubmitResult> r) {
-  --outstanding_submits_;
-  PumpSubmits();
+  if (auto out = outstanding_submits_.find(tenant);
+      out != outstanding_submits_.end() && --out->second <= 0) {
+    outstanding_submits_.erase(out);
+  }
+  PumpSubmits(tenant);
   auto it = entries_.find(id);
   if (it == entries_.end()) {
     // Cancelled while the submit ran. If the job was made, keep its id on

@@ -39,9 +39,11 @@ struct TrackerOptions {
   // renewed and orphaned generations claimed every lease_duration / 3.
   bool shared_store = false;
 
-  // Submits handed to the upstream at once. The rest wait here in one queue
-  // per tenant, served round-robin, so one tenant's burst neither starves
-  // another tenant's creates nor queues ahead of polls in the upstream.
+  // Submits of one tenant handed to the upstream at once; the rest wait
+  // here, in one queue per tenant. The upstream client lets tenants take
+  // turns and sends each tenant's polls before its submits, so a tenant
+  // whose burst waits there (behind its own polls) holds back neither
+  // another tenant's creates nor anyone's polls.
   int max_outstanding_submits = 4;
 
   // Reconciliation of unanswered submits through the usage log (§5).

@@ -98,10 +98,12 @@ class Tracker::Impl {
                     const v1::GenerateRequest& request, CreateCallback done,
                     int attempt);
   void QueueSubmit(const std::string& id, const std::string& tenant);
-  void PumpSubmits();
+  // Hands `tenant`'s queued submits to the upstream, up to
+  // max_outstanding_submits of that tenant at once.
+  void PumpSubmits(const std::string& tenant);
   void OnGateOpen(const std::string& id,
                   std::shared_ptr<upstream::SubmitGate> gate);
-  void OnSubmitted(const std::string& id,
+  void OnSubmitted(const std::string& id, const std::string& tenant,
                    absl::StatusOr<upstream::SubmitResult> result);
   void OnAccepted(Entry& e, const upstream::SubmitResult& result);
   void OnRejected(Entry& e, absl::Status status);
@@ -154,10 +156,12 @@ class Tracker::Impl {
   absl::node_hash_map<std::string, Entry> entries_;
   // tenant + '\n' + request_id -> id, for submits not answered yet.
   absl::flat_hash_map<std::string, std::string> by_request_;
-  // Fair submit queues: tenant -> ids, served round-robin.
+  // Submits not yet handed to the upstream: tenant -> ids, oldest first.
+  // No empty queues.
   std::map<std::string, std::deque<std::string>> submit_queues_;
-  std::string last_tenant_served_;
-  int outstanding_submits_ = 0;
+  // Submits handed to the upstream and not answered yet, per tenant. No
+  // zero counts.
+  std::map<std::string, int> outstanding_submits_;
   PollSchedule schedule_;
   std::multimap<absl::Time, std::function<void()>> timers_;
   uint64_t next_poll_token_ = 1;

@@ -188,7 +188,7 @@ void Tracker::Impl::RunDuePolls() {
     e.poll_token = next_poll_token_++;
     if (options_.on_poll_lag) options_.on_poll_lag(now - e.due);
     upstream::PollRequest request{e.record.generation.upstream_id(), id,
-                                  e.traceparent};
+                                  e.traceparent, e.record.generation.tenant()};
     std::shared_ptr<Inbox> inbox = inbox_;
     upstream_->Poll(
         std::move(request), [this, inbox, id, token = e.poll_token](

@@ -27,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "nlohmann/json.hpp"
+#include "server/upstream/admission_queue.h"
 #include "server/upstream/http_errors.h"
 #include "server/upstream/parse.h"
 #include "server/upstream/sanitize.h"
@@ -38,6 +39,9 @@ constexpr char kDefaultModel[] = "klingai/v2-master-text-to-video";
 // The usage log answers windows of at most 92 days (design.md §1).
 constexpr absl::Duration kMaxLogWindow = absl::Hours(24 * 92);
 constexpr int kDefaultLogLimit = 100;
+// The admission lane of usage-log pages: apart from every tenant's (tenant
+// names start with a lowercase letter).
+constexpr char kUsageLogLane[] = "#usage-log";
 
 void GlobalInit() {
   static std::once_flag once;
@@ -138,6 +142,7 @@ struct Call {
   std::string url;
   std::string body;         // the POST body; empty otherwise
   std::string upstream_id;  // polls only, for messages
+  std::string lane;         // the tenant, for the admission order
   curl_slist* headers = nullptr;
   SubmitReadyCallback submit_ready;
   SubmitCallback submit_done;
@@ -365,6 +370,8 @@ class AimlApiUpstream::Loop {
   void Run();
   bool TakeIncoming();
   void Decide(const Decision& d, absl::Time now);
+  // Queues `call` for a token and a slot (admission_queue.h's order).
+  void Wait(std::unique_ptr<Call> call);
   void MoveDueTimers(absl::Time now);
   size_t SlotsInUse() const { return running_.size() + gated_.size(); }
   void Admit(absl::Time now);
@@ -406,7 +413,7 @@ class AimlApiUpstream::Loop {
   } counters_;
 
   // Loop thread only.
-  std::deque<std::unique_ptr<Call>> ready_;
+  AdmissionQueue<std::unique_ptr<Call>> waiting_;
   std::multimap<absl::Time, std::unique_ptr<Call>> timers_;
   std::map<CURL*, std::unique_ptr<Call>> running_;
   std::map<uint64_t, std::unique_ptr<Call>> gated_;  // open, undecided
@@ -500,7 +507,7 @@ bool AimlApiUpstream::Loop::TakeIncoming() {
   if (!inbox_->Take(&calls, &decisions)) return false;
   for (auto& call : calls) {
     if (call->rejected.ok()) {
-      ready_.push_back(std::move(call));
+      Wait(std::move(call));
       continue;
     }
     // Refused before any request; still answered on this thread.
@@ -528,18 +535,27 @@ void AimlApiUpstream::Loop::Decide(const Decision& d, absl::Time now) {
   }
 }
 
+void AimlApiUpstream::Loop::Wait(std::unique_ptr<Call> call) {
+  const AdmissionClass cls = call->kind == CallKind::kSubmit
+                                 ? AdmissionClass::kSubmit
+                                 : AdmissionClass::kRead;
+  const std::string lane = call->lane;
+  waiting_.Push(cls, lane, std::move(call));
+}
+
 void AimlApiUpstream::Loop::MoveDueTimers(absl::Time now) {
   while (!timers_.empty() && timers_.begin()->first <= now) {
-    ready_.push_back(std::move(timers_.begin()->second));
+    Wait(std::move(timers_.begin()->second));
     timers_.erase(timers_.begin());
   }
 }
 
 void AimlApiUpstream::Loop::Admit(absl::Time now) {
   const size_t cap = static_cast<size_t>(std::max(1, options_.max_in_flight));
-  while (!ready_.empty() && SlotsInUse() < cap && TakeToken(now)) {
-    std::unique_ptr<Call> call = std::move(ready_.front());
-    ready_.pop_front();
+  // Tenants in turn, each one's polls before its submits (AdmissionQueue):
+  // a backlog of creates never delays a poll by more than one turn.
+  while (!waiting_.empty() && SlotsInUse() < cap && TakeToken(now)) {
+    std::unique_ptr<Call> call = waiting_.Pop();
     --counters_.queued;
     if (call->kind == CallKind::kSubmit && !call->gate_opened) {
       OpenGate(std::move(call), now);
@@ -850,7 +866,7 @@ int AimlApiUpstream::Loop::WaitMs(absl::Time now) const {
   absl::Duration wait = absl::Seconds(1);
   if (!timers_.empty()) wait = std::min(wait, timers_.begin()->first - now);
   const size_t cap = static_cast<size_t>(std::max(1, options_.max_in_flight));
-  if (!ready_.empty() && SlotsInUse() < cap &&
+  if (!waiting_.empty() && SlotsInUse() < cap &&
       options_.rate_limit_per_second > 0) {
     wait = std::min(
         wait, absl::Seconds((1 - tokens_) / options_.rate_limit_per_second));
@@ -966,14 +982,14 @@ void AimlApiUpstream::Loop::Shutdown() {
                                 "create request was never sent"));
   }
   gated_.clear();
-  for (auto& [due, call] : timers_) ready_.push_back(std::move(call));
+  std::vector<std::unique_ptr<Call>> left = waiting_.TakeAll();
+  for (auto& [due, call] : timers_) left.push_back(std::move(call));
   timers_.clear();
-  for (auto& call : inbox_->TakeLeftovers()) ready_.push_back(std::move(call));
+  for (auto& call : inbox_->TakeLeftovers()) left.push_back(std::move(call));
   counters_.in_flight = 0;
   counters_.queued = 0;
   counters_.awaiting_send = 0;
-  for (auto& call : ready_) Finish(std::move(call), cancelled);
-  ready_.clear();
+  for (auto& call : left) Finish(std::move(call), cancelled);
 }
 
 namespace {
@@ -1114,6 +1130,7 @@ void AimlApiUpstream::Submit(SubmitRequest request, SubmitReadyCallback ready,
                              SubmitCallback done) {
   auto call = std::make_unique<Call>();
   call->kind = CallKind::kSubmit;
+  call->lane = request.tenant;
   call->submit_ready = std::move(ready);
   call->submit_done = std::move(done);
   if (!loop_->precheck().ok()) {
@@ -1132,6 +1149,7 @@ void AimlApiUpstream::Submit(SubmitRequest request, SubmitReadyCallback ready,
 void AimlApiUpstream::Poll(PollRequest request, PollCallback done) {
   auto call = std::make_unique<Call>();
   call->kind = CallKind::kPoll;
+  call->lane = request.tenant;
   call->poll_done = std::move(done);
   if (!loop_->precheck().ok()) {
     call->rejected = loop_->precheck();
@@ -1150,6 +1168,7 @@ void AimlApiUpstream::Poll(PollRequest request, PollCallback done) {
 void AimlApiUpstream::ListLogs(LogQuery query, LogsCallback done) {
   auto call = std::make_unique<Call>();
   call->kind = CallKind::kLogs;
+  call->lane = kUsageLogLane;
   call->logs_done = std::move(done);
   // Whole seconds, widened rather than narrowed.
   const absl::Time start =

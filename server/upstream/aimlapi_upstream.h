@@ -97,6 +97,14 @@ struct UpstreamCounters {
 // (see ClassifySubmitError), also a POST in flight when the client is
 // destroyed.
 //
+// Admission (issue 17): calls wait for a token of the global rate limit
+// and one of `max_in_flight` slots in AdmissionQueue's order. The tenants
+// (SubmitRequest::tenant, PollRequest::tenant; usage-log pages have a lane
+// of their own) take turns, so neither one tenant's polls nor its creates
+// crowd out another's; on its turn a tenant sends its waiting polls before
+// its waiting submits, so a backlog of creates never delays the polls of
+// accepted jobs. A submit's retry after a 429 queues as a submit again.
+//
 // Connections: HTTP/2 multiplexing when the upstream offers it (https), else
 // HTTP/1.1 keep-alive; transfers beyond max_connections wait inside curl and
 // their request_timeout runs while they wait.

@@ -34,6 +34,9 @@ struct SubmitRequest {
   std::string image_url;
   // W3C trace context to forward as `traceparent`; empty for none.
   std::string traceparent;
+  // Who asked ("" with --auth=none). Not sent: waiting submits of different
+  // tenants take turns under the rate limit.
+  std::string tenant;
 };
 
 struct SubmitResult {
@@ -49,6 +52,9 @@ struct PollRequest {
   std::string upstream_id;
   std::string client_request_id;
   std::string traceparent;
+  // The generation's tenant ("" with --auth=none). Not sent: waiting polls
+  // of different tenants take turns under the rate limit.
+  std::string tenant;
 };
 
 struct VideoInfo {
@@ -149,7 +155,9 @@ class Upstream {
   // gate (Send) or gives up (Abandon). `done` runs exactly once, also when
   // the call is cancelled before `ready` (CANCELLED). A submit is sent at
   // most once; it is retried only while provably not sent or refused with
-  // 429 (design.md §5).
+  // 429 (design.md §5). Under a rate or concurrency limit, tenants (`tenant`
+  // of the requests) take turns, and each tenant's waiting polls go before
+  // its waiting submits.
   virtual void Submit(SubmitRequest request, SubmitReadyCallback ready,
                       SubmitCallback done) = 0;
   virtual void Poll(PollRequest request, PollCallback done) = 0;

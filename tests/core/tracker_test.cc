@@ -304,6 +304,20 @@ TEST_F(TrackerTest, RequestIdIsPerTenant) {
   EXPECT_EQ(upstream_.submit_count(), 2);
 }
 
+// The upstream client's rate limiter lets tenants take turns (issue 17):
+// submits and polls say whose they are.
+TEST_F(TrackerTest, SubmitsAndPollsCarryTheTenant) {
+  upstream_.PushPoll(Completed());
+  GenerationPtr g = MustCreate(Request(), "team-a");
+  Step(kInitialDelay);
+  ASSERT_EQ(upstream_.submits().size(), 1u);
+  EXPECT_EQ(upstream_.submits()[0].tenant, "team-a");
+  ASSERT_EQ(upstream_.poll_count(), 1);
+  EXPECT_EQ(upstream_.polls()[0].tenant, "team-a");
+  EXPECT_EQ(upstream_.polls()[0].client_request_id, g->id());
+  EXPECT_TRUE(Stored(g->id()).generation.done());
+}
+
 TEST_F(TrackerTest, FiftyRacingIdenticalCreatesSubmitOnce) {
   upstream_.HoldSubmits();
   std::atomic<int> answered{0};
@@ -379,6 +393,38 @@ TEST_F(TrackerTest, OneTenantsBurstDoesNotStarveAnother) {
   }
   EXPECT_GE(quiet_position, 0);
   EXPECT_LE(quiet_position, 1);
+}
+
+TEST_F(TrackerTest, ATenantsWaitingSubmitsDoNotHoldBackAnothersCreate) {
+  // Issue 17: the flooding tenant's submits wait in the upstream (its rate
+  // limiter sends that tenant's polls first); the cap is per tenant, so
+  // another tenant's create still reaches the upstream at once.
+  TrackerOptions o = Options();
+  o.max_outstanding_submits = 2;
+  Restart(o);
+  upstream_.HoldGates();
+  upstream_.HoldSubmits();
+  for (int i = 0; i < 10; ++i) {
+    tracker_->Create(CreateRequest{Request(), "busy", {}, {}},
+                     [](absl::StatusOr<GenerationPtr>) {});
+  }
+  Drive();
+  EXPECT_EQ(upstream_.submits_started(), 2);
+  tracker_->Create(CreateRequest{Request(), "quiet", {}, {}},
+                   [](absl::StatusOr<GenerationPtr>) {});
+  Drive();
+  EXPECT_EQ(upstream_.submits_started(), 3);
+  upstream_.OpenGates();
+  Drive();
+  std::vector<upstream::SubmitRequest> sent = upstream_.submits();
+  ASSERT_EQ(sent.size(), 3u);
+  EXPECT_EQ(sent[2].tenant, "quiet");
+  // The busy tenant's next ones go as its own answers come back.
+  for (int i = 0; i < 5 && upstream_.submit_count() < 11; ++i) {
+    upstream_.ResolveSubmits(upstream::SubmitResult{"up", "queued"});
+    Drive();
+  }
+  EXPECT_EQ(upstream_.submit_count(), 11);
 }
 
 // ---- Spend safety: unanswered submits

@@ -902,18 +902,13 @@ struct PendingCreate {
 // of the sim's transition times, and B's creates must not wait behind A's
 // backlog.
 //
-// Fails as of this writing: the upstream's rate limiter serves one FIFO, so
-// B's polls queue behind A's submits (and their polls) and arrive 1.5-2 s
-// late with a 1 s interval (at 20 requests/s the delay is ~0.8 s). Polls
-// need to go before submits for this to hold.
-// Fails today (issue 17 stays open): the upstream client's rate limiter
-// serves one FIFO queue, so at --upstream_rate_limit=10 another tenant's
-// polls wait behind the flooding tenant's polls and submits (lag 1.6-2.7 s
-// against a 2.5 s bound). Disabled so CI runs; enable it with the fix
-// (per-tenant fair share of polls, polls before submits).
-// Run by hand: tenants_e2e_test --gtest_also_run_disabled_tests
-//     --gtest_filter='*CreateFlood*'
-TEST(TenantsE2eSlow, DISABLED_CreateFloodDoesNotDelayAnotherTenantsPolls) {
+// The upstream client lets tenants take turns at the rate limit and sends
+// each tenant's polls before its own submits (upstream/admission_queue.h);
+// the tracker caps outstanding submits per tenant. Before that, one FIFO
+// queue put B's polls behind A's polls and submits (lag 1.6-2.7 s against
+// the 2.5 s bound), and with polls strictly before all submits A's polls
+// held B's first create back for 6 s.
+TEST(TenantsE2eSlow, CreateFloodDoesNotDelayAnotherTenantsPolls) {
   constexpr absl::Duration kQueued = absl::Seconds(2);
   constexpr absl::Duration kGenerating = absl::Seconds(2);
   constexpr absl::Duration kPollInterval = absl::Seconds(1);

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -134,7 +135,7 @@ class ClientTest : public ::testing::Test {
                                     std::string client_id = "gen-1") {
     std::promise<absl::StatusOr<Snapshot>> p;
     auto f = p.get_future();
-    PollRequest r{id, std::move(client_id), ""};
+    PollRequest r{id, std::move(client_id), "", ""};
     up.Poll(r, [&](absl::StatusOr<Snapshot> s) {
       EXPECT_NE(std::this_thread::get_id(), test_thread_);
       p.set_value(std::move(s));
@@ -560,7 +561,7 @@ TEST_F(UpstreamTest, AThousandConcurrentPollsThroughOneLoop) {
     callers.emplace_back([&, t] {
       for (int i = t; i < kPolls; i += 4) {
         const std::string id = ids[i % ids.size()];
-        up.Poll(PollRequest{id, "gen", ""},
+        up.Poll(PollRequest{id, "gen", "", ""},
                 [&, id](absl::StatusOr<Snapshot> s) {
                   absl::MutexLock lock(&mu);
                   ++done;
@@ -603,7 +604,7 @@ TEST_F(UpstreamTest, RateLimitSpacesRequests) {
   std::atomic<int> done{0};
   const absl::Time start = absl::Now();
   for (int i = 0; i < 10; ++i) {
-    up.Poll(PollRequest{"x", "gen", ""},
+    up.Poll(PollRequest{"x", "gen", "", ""},
             [&](absl::StatusOr<Snapshot>) { ++done; });
   }
   while (done < 10 && absl::Now() - start < absl::Seconds(10)) {
@@ -622,7 +623,7 @@ TEST_F(UpstreamTest, ShutdownCancelsEveryPendingCallExactlyOnce) {
   auto up = std::make_unique<AimlApiUpstream>(o);
   std::atomic<int> cancelled{0}, calls{0};
   for (int i = 0; i < 10; ++i) {
-    up->Poll(PollRequest{"x", "gen", ""}, [&](absl::StatusOr<Snapshot> s) {
+    up->Poll(PollRequest{"x", "gen", "", ""}, [&](absl::StatusOr<Snapshot> s) {
       ++calls;
       if (s.status().code() == absl::StatusCode::kCancelled) ++cancelled;
     });
@@ -825,7 +826,7 @@ TEST_F(UpstreamTest, ConcurrencyCapBoundsRequestsInFlight) {
   AimlApiUpstream& up = Up(o);
   std::atomic<int> ok{0};
   for (int i = 0; i < 12; ++i) {
-    up.Poll(PollRequest{"t1", "gen", ""}, [&](absl::StatusOr<Snapshot> s) {
+    up.Poll(PollRequest{"t1", "gen", "", ""}, [&](absl::StatusOr<Snapshot> s) {
       if (s.ok() && s->state == TaskState::kGenerating) ++ok;
     });
   }
@@ -1301,6 +1302,102 @@ TEST_F(FaultTest, AbandonAnswersAbortedAndFreesTheSlot) {
   std::vector<ScriptedServer::Request> reqs = server.requests();
   ASSERT_EQ(reqs.size(), 1u);
   EXPECT_EQ(reqs[0].headers.at("x-client-request-id"), "gen-b");
+}
+
+// Issue 17: tenants take turns at the rate limit, and each tenant's waiting
+// polls go before its waiting submits. The only slot is held by an
+// undecided gate while everything queues, so the order the server sees
+// comes from the admission order alone (no timing).
+TEST_F(FaultTest, TenantsTakeTurnsAndPollsPassTheirOwnQueuedSubmits) {
+  ScriptedServer server([](const ScriptedServer::Request& r, int) {
+    if (absl::StartsWith(r.target, "/v2/logs")) {
+      return Answer(200, R"({"data":[],"pagination":{"limit":100,"offset":0,)"
+                         R"("total":0,"has_more":false}})");
+    }
+    if (r.method == "GET") {
+      return Answer(200, R"({"id":"p","status":"generating"})");
+    }
+    return Answer(201, R"({"id":"job","status":"queued"})");
+  });
+  AimlApiOptions o = BaseOptions(server.url());
+  o.max_in_flight = 1;
+  o.rate_limit_per_second = 50;
+  o.rate_limit_burst = 1;
+  AimlApiUpstream& up = Up(o);
+  auto submit = [&up](const std::string& id, const std::string& tenant,
+                      std::atomic<int>* done) {
+    SubmitRequest r = Request(id);
+    r.tenant = tenant;
+    up.Submit(
+        std::move(r), [](std::shared_ptr<SubmitGate> g) { g->Send(); },
+        [done](absl::StatusOr<SubmitResult> s) {
+          EXPECT_TRUE(s.ok()) << s.status();
+          ++*done;
+        });
+  };
+  // The flooding tenant's first submit holds the only slot, gate undecided.
+  std::promise<std::shared_ptr<SubmitGate>> held_p;
+  std::atomic<int> done{0};
+  SubmitRequest first = Request("flood-0");
+  first.tenant = "flood";
+  up.Submit(
+      std::move(first),
+      [&](std::shared_ptr<SubmitGate> g) { held_p.set_value(std::move(g)); },
+      [&](absl::StatusOr<SubmitResult> s) {
+        EXPECT_TRUE(s.ok()) << s.status();
+        ++done;
+      });
+  std::shared_ptr<SubmitGate> held = held_p.get_future().get();
+  // Queued behind it, in this order: three more of flood's submits, one of
+  // quiet's, then polls of both tenants (flood's first) and a usage-log
+  // page.
+  for (int i = 1; i <= 3; ++i) {
+    submit(absl::StrCat("flood-", i), "flood", &done);
+  }
+  submit("quiet-0", "quiet", &done);
+  for (int i = 0; i < 3; ++i) {
+    up.Poll(PollRequest{"p", absl::StrCat("poll-flood-", i), "", "flood"},
+            [&](absl::StatusOr<Snapshot> s) {
+              EXPECT_TRUE(s.ok()) << s.status();
+              ++done;
+            });
+  }
+  up.Poll(PollRequest{"p", "poll-quiet-0", "", "quiet"},
+          [&](absl::StatusOr<Snapshot> s) {
+            EXPECT_TRUE(s.ok()) << s.status();
+            ++done;
+          });
+  LogQuery q;
+  q.end = absl::Now();
+  q.start = q.end - absl::Minutes(30);
+  up.ListLogs(q, [&](absl::StatusOr<LogPage> s) {
+    EXPECT_TRUE(s.ok()) << s.status();
+    ++done;
+  });
+  EXPECT_EQ(up.counters().queued, 9);
+  EXPECT_EQ(server.requests().size(), 0u);
+  held->Send();
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (done < 10 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_EQ(done, 10);
+
+  std::vector<std::string> order;  // what arrived, by client id or "logs"
+  for (const ScriptedServer::Request& r : server.requests()) {
+    auto id = r.headers.find("x-client-request-id");
+    order.push_back(id != r.headers.end() ? id->second : "logs");
+  }
+  // The lanes ("#usage-log" < "flood" < "quiet") take turns, starting after
+  // flood (served last); on its turn a tenant sends its polls before its
+  // submits. So quiet's poll and create each wait for one call of flood at
+  // most, not for flood's backlog, and flood's polls pass its own queued
+  // submits. FIFO would have been flood-1..3, quiet-0, then the reads.
+  EXPECT_THAT(order, ::testing::ElementsAre("flood-0", "poll-quiet-0", "logs",
+                                            "poll-flood-0", "quiet-0",
+                                            "poll-flood-1", "poll-flood-2",
+                                            "flood-1", "flood-2", "flood-3"));
+  EXPECT_EQ(server.Count("POST"), 5);
 }
 
 TEST_F(FaultTest, ADroppedGateIsAnAbandon) {

@@ -67,7 +67,7 @@ class PollDriver {
 
  private:
   void Next() {
-    up_->Poll(PollRequest{id_, "bench", ""},
+    up_->Poll(PollRequest{id_, "bench", "", ""},
               [this](absl::StatusOr<Snapshot> s) {
                 bool more;
                 {
