@@ -6,8 +6,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -492,6 +495,7 @@ class SimServer::Impl {
 
   absl::Status Start();
   void Stop();
+  void Listen();  // the listener thread
 
   int port() const { return port_.load(); }
   std::string base_url() const {
@@ -571,6 +575,7 @@ class SimServer::Impl {
   const SimOptions options_;
   HttpServer server_;
   std::thread listener_;
+  std::atomic<bool> listener_done_{false};
   std::atomic<int> port_{0};
   absl::Notification stopping_;
   bool started_ = false;  // owned by the thread calling Start/Stop
@@ -615,7 +620,7 @@ absl::Status SimServer::Impl::Start() {
   }
   port_ = port;
   server_.RaiseBacklog(4096);
-  listener_ = std::thread([this] { server_.listen_after_bind(); });
+  listener_ = std::thread([this] { Listen(); });
   while (!server_.is_running()) absl::SleepFor(absl::Milliseconds(1));
   started_ = true;
   return absl::OkStatus();
@@ -625,8 +630,37 @@ void SimServer::Impl::Stop() {
   if (!started_) return;
   started_ = false;
   if (!stopping_.HasBeenNotified()) stopping_.Notify();
-  server_.stop();
+  // httplib's stop() does nothing until listening began, so repeat it until
+  // the listener (which may be binding again, see Listen) has returned.
+  while (!listener_done_.load()) {
+    server_.stop();
+    absl::SleepFor(absl::Milliseconds(1));
+  }
   if (listener_.joinable()) listener_.join();
+}
+
+// libcpp-httplib 0.11 closes its listening socket on any accept() error but
+// EMFILE, EINTR and EAGAIN, and Linux reports a queued connection's network
+// error (ECONNABORTED, EPROTO, ...) through accept(): from then on the sim
+// refused every connection while its process still ran. Bind the same port
+// again and go on, and say so.
+void SimServer::Impl::Listen() {
+  while (true) {
+    server_.listen_after_bind();
+    const int err = errno;
+    if (stopping_.HasBeenNotified()) break;
+    std::fprintf(stderr,
+                 "videogen-sim: the listener stopped (last error: %s); "
+                 "listening again on port %d\n",
+                 std::strerror(err), port_.load());
+    while (!stopping_.HasBeenNotified() &&
+           !server_.bind_to_port(options_.host, port_.load())) {
+      stopping_.WaitForNotificationWithTimeout(absl::Milliseconds(10));
+    }
+    if (stopping_.HasBeenNotified()) break;
+    server_.RaiseBacklog(4096);
+  }
+  listener_done_.store(true);
 }
 
 void SimServer::Impl::Routes() {

@@ -413,7 +413,9 @@ TEST(SpendE2e, SubmitThatCreatedNothingEndsSubmitUnconfirmed) {
     const v1::GenerateRequest r = Request(absl::StrCat("never-", i));
     Generation g;
     grpc::Status s = CreateGen(stub, r, &g);
-    ASSERT_TRUE(s.ok()) << s.error_code() << " " << s.error_message();
+    ASSERT_TRUE(s.ok()) << s.error_code() << " " << s.error_message()
+                        << "\nsim stderr:\n"
+                        << sim.process->Stderr();
     EXPECT_EQ(g.state(), Generation::STATE_QUEUED);
     EXPECT_EQ(g.upstream_status(), "submit_unconfirmed");
     EXPECT_TRUE(g.upstream_id().empty());
