@@ -1,5 +1,6 @@
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -52,6 +53,10 @@ class EventStream : public core::EventSink,
 
   // Sends a heartbeat if the stream has been idle for `interval`.
   void MaybeHeartbeat(absl::Time now, absl::Duration interval);
+  // Whether nothing was written since `cutoff` (a cheap hint, no lock).
+  bool IdleSince(int64_t cutoff_unix_ns) const {
+    return last_activity_ns_.load(std::memory_order_relaxed) <= cutoff_unix_ns;
+  }
   // Drops pending events and finishes with `status` after any write in
   // flight. Used for errors, client cancel and drain.
   void Abort(const grpc::Status& status);
@@ -86,7 +91,10 @@ class EventStream : public core::EventSink,
   // Newest revision queued or sent per generation (firehose); terminal
   // generations leave it once their event is queued, as nothing follows.
   std::unordered_map<std::string, int64_t> newest_ ABSL_GUARDED_BY(mu_);
-  absl::Time last_activity_ ABSL_GUARDED_BY(mu_);
+  // When the last write completed (or the stream began), in Unix
+  // nanoseconds. Atomic so the heartbeat scan can skip busy streams without
+  // taking every stream's lock each tick.
+  std::atomic<int64_t> last_activity_ns_;
 };
 
 // The reactor gRPC drives: a thin shell that forwards to its EventStream and

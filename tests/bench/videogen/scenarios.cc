@@ -62,6 +62,9 @@ absl::StatusOr<std::string> StartServer(const Paths& p, Child& server,
       absl::StrCat("--upstream_url=", sim_url),
       "--store=memory",
       "--auth=none",  // loopback only; the bench measures fan-out, not auth
+      // All watchers are one tenant here; the default per-tenant cap (10k
+      // streams) would refuse the 50k run.
+      "--max_streams_per_tenant=100000",
       "--mirror=none",
       absl::StrCat("--poll_initial_delay=", Dur(initial_delay)),
       absl::StrCat("--poll_interval=", Dur(interval)),
