@@ -57,19 +57,15 @@ absl::StatusOr<std::string> StartServer(const Paths& p, Child& server,
                                         absl::Duration interval,
                                         std::vector<std::string> extra = {}) {
   std::vector<std::string> args = {
-      p.server_bin,
-      "--listen=127.0.0.1:0",
-      absl::StrCat("--upstream_url=", sim_url),
-      "--store=memory",
+      p.server_bin, "--listen=127.0.0.1:0",
+      absl::StrCat("--upstream_url=", sim_url), "--store=memory",
       "--auth=none",  // loopback only; the bench measures fan-out, not auth
       // All watchers are one tenant here; the default per-tenant cap (10k
       // streams) would refuse the 50k run.
-      "--max_streams_per_tenant=100000",
-      "--mirror=none",
+      "--max_streams_per_tenant=100000", "--mirror=none",
       absl::StrCat("--poll_initial_delay=", Dur(initial_delay)),
       absl::StrCat("--poll_interval=", Dur(interval)),
-      "--heartbeat_interval=15s",
-      "--log_format=json"};
+      "--heartbeat_interval=15s", "--log_format=json"};
   args.insert(args.end(), extra.begin(), extra.end());
   absl::Status s =
       server.Start(args, {{"AIMLAPI_KEY", kSimKey}}, LogPath(p, name));
