@@ -105,9 +105,9 @@ struct DispatcherStats {
 // webhook_status is written by one attempt at a time on this replica).
 // Store calls are synchronous on that thread: four per attempt (a read of
 // the generation before it, then finish or retry, read and write the
-// webhook_status), so a slow store (fsync) slows every transfer, and SQLite
-// with sync=full bounds a burst at about 80 deliveries/s on the test
-// machine (tests/webhooks/webhooks_bench.cc).
+// webhook_status), so a slow store (fsync) slows every transfer: SQLite
+// with sync=full gave about 460 deliveries/s on the 2-core test machine
+// (tests/webhooks/webhooks_bench.cc --n=1000, 2026-12-02).
 //
 // 410 Gone stops the generation: DropDeliveries marks it in the store,
 // which then queues none of its later events, and a delivery of it that
