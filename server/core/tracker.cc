@@ -225,6 +225,7 @@ void Tracker::Impl::Stop() {
   RunTasks();
   reconciler_.Shutdown();
   for (auto& [id, e] : entries_) FailWaiters(e, Stopping());
+  if (options_.shared_store) ReleaseLeases();
 }
 
 void Tracker::Impl::FailWaiters(Entry& e, const absl::Status& status) {

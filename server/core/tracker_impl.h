@@ -141,6 +141,8 @@ class Tracker::Impl {
   void OnMirrored(const std::string& id, v1::Generation completed,
                   absl::StatusOr<media::MirrorResult> result);
   void LeaseTick();
+  // At Stop: hands this replica's poll leases back (shared stores).
+  void ReleaseLeases();
   void ReconcileTick();
   void OnFoundInLog(const std::string& id, const upstream::LogRow& row);
   void OnNotFoundInLog(const std::string& id);

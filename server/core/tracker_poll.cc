@@ -434,6 +434,24 @@ absl::Status Tracker::Impl::Recover() {
   return absl::OkStatus();
 }
 
+// Another replica then claims these generations at its next lease tick
+// instead of waiting out --lease_duration, so a rolling update (SIGTERM)
+// resumes polling within lease_duration / 3. Nothing here polls or writes
+// after Stop, so there is no second poller; a submit still in flight is
+// recorded as sent and the new owner reconciles it, as after a crash.
+void Tracker::Impl::ReleaseLeases() {
+  const absl::Time now = clock_->Now();
+  absl::StatusOr<std::vector<std::string>> released =
+      store_->RenewLeases(options_.owner, now, now);
+  if (!released.ok()) {
+    util::Log("warn", "lease_release_failed",
+              {{"error", std::string(released.status().message())}});
+    return;
+  }
+  util::Log("info", "leases_released",
+            {{"count", absl::StrCat(released->size())}});
+}
+
 void Tracker::Impl::LeaseTick() {
   if (stopping_) return;
   const absl::Time now = clock_->Now();

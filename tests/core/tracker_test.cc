@@ -944,6 +944,38 @@ TEST_F(TrackerTest, LateCallbacksAfterDestructionAreIgnored) {
   SUCCEED();
 }
 
+// On a shared store a stopping replica (SIGTERM) hands its poll leases
+// back, so another replica claims its generations at its next lease tick
+// rather than after --lease_duration.
+TEST_F(TrackerTest, StopOnASharedStoreReleasesItsLeases) {
+  TrackerOptions o = Options();
+  o.shared_store = true;
+  o.owner = "replica-a";
+  o.lease_duration = absl::Seconds(30);
+  Restart(o);
+  GenerationPtr g = MustCreate(Request());
+  ASSERT_NE(g, nullptr);
+  absl::StatusOr<std::optional<store::Record>> before = store_.Get(g->id());
+  ASSERT_TRUE(before.ok() && before->has_value());
+  EXPECT_EQ((*before)->owner, "replica-a");
+  EXPECT_GT((*before)->lease_until, clock_.Now());
+  // Held: another replica cannot claim it yet.
+  absl::StatusOr<std::vector<store::Record>> early = store_.ClaimActive(
+      "replica-b", clock_.Now(), clock_.Now() + absl::Seconds(30), 10);
+  ASSERT_TRUE(early.ok());
+  EXPECT_TRUE(early->empty());
+
+  tracker_->Stop();
+  absl::StatusOr<std::optional<store::Record>> after = store_.Get(g->id());
+  ASSERT_TRUE(after.ok() && after->has_value());
+  EXPECT_LE((*after)->lease_until, clock_.Now());
+  absl::StatusOr<std::vector<store::Record>> claimed = store_.ClaimActive(
+      "replica-b", clock_.Now(), clock_.Now() + absl::Seconds(30), 10);
+  ASSERT_TRUE(claimed.ok());
+  ASSERT_EQ(claimed->size(), 1u);
+  EXPECT_EQ((*claimed)[0].generation.id(), g->id());
+}
+
 TEST_F(TrackerTest, StopAnswersWaitingCreatesUnavailable) {
   upstream_.HoldSubmits();
   absl::StatusOr<GenerationPtr> out = absl::UnknownError("not called");
