@@ -90,6 +90,14 @@ struct Sim {
 inline constexpr char kSimKey[] = "e2e-key";
 Sim StartSim(const std::vector<std::string>& extra_flags = {});
 
+// Upstream requests the sim answered whose "METHOD /path" starts with
+// `prefix` ("" counts all).
+int64_t SimRequests(const Sim& sim, const std::string& prefix = "");
+// Every row of the sim's usage log (all pages), newest first. Waits out a
+// 429 (the log's rate limit is shared with the server under test); any
+// other failure is a test failure.
+std::vector<nlohmann::json> FullUsageLog(const Sim& sim);
+
 // `videogen-server keys create --tenant=TENANT FLAGS...` on a store given
 // by `store_flags` (e.g. {"--store=sqlite", "--data_dir=DIR"}). Returns the
 // printed JSON object (it has "key", "key_id", "tenant", ...); throws

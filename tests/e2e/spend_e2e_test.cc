@@ -94,42 +94,6 @@ int64_t SimSubmits(const Sim& sim) {
   return stats.contains("submits") ? stats["submits"].get<int64_t>() : -1;
 }
 
-// Upstream requests the sim answered whose "METHOD /path" starts with
-// `prefix`.
-int64_t SimRequests(const Sim& sim, const std::string& prefix) {
-  int64_t n = 0;
-  const nlohmann::json stats = sim.Stats();  // outlives the loop
-  for (const auto& [route, count] : stats["requests_by_path"].items()) {
-    if (absl::StartsWith(route, prefix)) n += count.get<int64_t>();
-  }
-  return n;
-}
-
-// Every row of the sim's usage log (all pages), newest first.
-std::vector<nlohmann::json> FullUsageLog(const Sim& sim) {
-  std::vector<nlohmann::json> rows;
-  httplib::Client client(sim.url);
-  httplib::Headers auth = {{"Authorization", std::string("Bearer ") + kSimKey}};
-  for (int offset = 0; offset < 100000;) {
-    auto res = client.Get(
-        absl::StrCat("/v2/logs?period=24h&limit=100&offset=", offset), auth);
-    if (res && res->status == 429) {  // shares the limit with the server
-      absl::SleepFor(absl::Seconds(1));
-      continue;
-    }
-    if (!res || res->status != 200) {
-      ADD_FAILURE() << "GET /v2/logs failed: "
-                    << (res ? std::to_string(res->status) : "no answer");
-      break;
-    }
-    nlohmann::json page = nlohmann::json::parse(res->body);
-    for (const auto& row : page["data"]) rows.push_back(row);
-    if (!page["pagination"]["has_more"].get<bool>()) break;
-    offset += static_cast<int>(page["data"].size());
-  }
-  return rows;
-}
-
 // The sim's jobs (usage-log rows) per client_request_id, and the job id
 // (inference_id) of each.
 struct JobsByClientId {
