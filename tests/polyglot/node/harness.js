@@ -73,15 +73,18 @@ function createKey(serverBin, dataDir, tenant) {
 }
 
 // videogen-sim plus a videogen-server (API keys on, the default) that polls
-// it. `key` belongs to tenant "polyglot", `otherKey` to "other".
-async function startStack() {
+// it. `key` belongs to tenant "polyglot", `otherKey` to "other". `simFlags`
+// go to videogen-sim, e.g. ['--error_rate=1'] for a stack whose every job
+// ends in an upstream task error.
+async function startStack({ simFlags = [] } = {}) {
   const upstreamKey = 'polyglot-upstream-key';
   const serverBin = requiredEnv('VIDEOGEN_SERVER_BIN');
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'videogen-polyglot-'));
   const { key } = createKey(serverBin, dataDir, 'polyglot');
   const otherKey = createKey(serverBin, dataDir, 'other').key;
   const sim = new Process([requiredEnv('VIDEOGEN_SIM_BIN'), '--listen=127.0.0.1:0',
-    `--key=${upstreamKey}`, '--queued_for=300ms', '--generating_for=600ms']);
+    `--key=${upstreamKey}`, '--queued_for=300ms', '--generating_for=600ms',
+    ...simFlags]);
   const simUrl = (await sim.waitFor(/listening on (http:\/\/127\.0\.0\.1:\d+)/))[1];
   const server = new Process([serverBin, '--listen=127.0.0.1:0',
     `--upstream_url=${simUrl}`, '--store=sqlite', `--data_dir=${dataDir}`,

@@ -1,6 +1,6 @@
 // Node client against the real videogen-server and videogen-sim, using the
 // README's snippet (videogen_example.js). Run: node --test videogen.test.js
-const { test, before, after } = require('node:test');
+const { describe, test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const grpc = require('@grpc/grpc-js');
@@ -152,4 +152,70 @@ test('an unknown id is NOT_FOUND', async () => {
   }), (err) => err.code === grpc.status.NOT_FOUND);
   await assert.rejects(watch(client, 'no-such-id', { onEvent: quiet }),
     (err) => err.code === grpc.status.NOT_FOUND);
+});
+
+// Every event of a server stream and its final gRPC status (also when OK).
+function collectStream(call) {
+  return new Promise((resolve, reject) => {
+    const events = [];
+    let status = null;
+    let ended = false;
+    const done = () => { if (status && ended) resolve({ events, status }); };
+    call.on('data', (event) => events.push(event));
+    call.on('error', reject);
+    call.on('status', (s) => { status = s; done(); });
+    call.on('end', () => { ended = true; done(); });
+  });
+}
+
+describe('a FAILED generation', () => {
+  // A stack whose simulated upstream fails every job (--error_rate=1).
+  let failing;
+  let failingClient;
+
+  before(async () => {
+    failing = await startStack({ simFlags: ['--error_rate=1'] });
+    failingClient = connect(failing.address, PROTO_DIR, failing.key);
+  });
+
+  after(async () => {
+    if (failingClient) failingClient.close();
+    if (failing) await failing.stop();
+  });
+
+  function assertFailed(g) {
+    assert.equal(g.state, 'STATE_FAILED');
+    assert.equal(g.done, true);
+    assert.equal(g.error.reason, 'UPSTREAM_TASK_ERROR');
+    assert.equal(g.error.code, grpc.status.INTERNAL);
+    assert.ok(g.error.message.trim().length > 0, 'empty error.message');
+    // The upstream's own message is part of it.
+    assert.match(g.error.message, /The simulated model failed to render this prompt/);
+    assert.equal(g.video ? g.video.url : '', '');
+  }
+
+  test('is an OK stream with error.reason', async () => {
+    const { events, status } = await collectStream(failingClient.generate(
+      { prompt: 'a storm at sea', requestId: crypto.randomUUID() }));
+    assert.equal(status.code, grpc.status.OK, status.details);
+    assert.equal(events[0].type, 'TYPE_SNAPSHOT');
+    assertRising(events);
+    // The stream ends right after the terminal event; only it has the error.
+    const final = events[events.length - 1];
+    assert.notEqual(final.type, 'TYPE_HEARTBEAT');
+    assertFailed(final.generation);
+    for (const e of events.slice(0, -1)) {
+      assert.notEqual(e.generation.state, 'STATE_FAILED');
+      assert.equal(e.generation.error, null);
+    }
+
+    // The README's watch() replays it from 0 as one SNAPSHOT of the FAILED
+    // generation and resolves (no rejection).
+    const replay = [];
+    const watched = await watch(failingClient, final.generation.id,
+      { onEvent: (e) => replay.push(e) });
+    assert.deepEqual(replay.map((e) => e.type), ['TYPE_SNAPSHOT']);
+    assert.equal(watched.revision, final.generation.revision);
+    assertFailed(watched);
+  });
 });

@@ -96,9 +96,11 @@ def create_key(server_bin, data_dir, tenant):
 
 class Stack:
     """videogen-sim plus a videogen-server (API keys on, the default) that
-    polls it. `key` belongs to tenant "polyglot", `other_key` to "other"."""
+    polls it. `key` belongs to tenant "polyglot", `other_key` to "other".
+    `sim_flags` go to videogen-sim, e.g. ["--error_rate=1"] for a stack whose
+    every job ends in an upstream task error."""
 
-    def __init__(self):
+    def __init__(self, sim_flags=()):
         upstream_key = "polyglot-upstream-key"
         server_bin = required_env("VIDEOGEN_SERVER_BIN")
         self.data_dir = tempfile.mkdtemp(prefix="videogen-polyglot-")
@@ -106,7 +108,8 @@ class Stack:
         self.other_key = create_key(server_bin, self.data_dir, "other")["key"]
         self.sim = Process([required_env("VIDEOGEN_SIM_BIN"),
                             "--listen=127.0.0.1:0", f"--key={upstream_key}",
-                            "--queued_for=300ms", "--generating_for=600ms"])
+                            "--queued_for=300ms", "--generating_for=600ms",
+                            *sim_flags])
         sim_url = self.sim.wait_for(r"listening on (http://127\.0\.0\.1:\d+)")[1]
         self.server = Process(
             [server_bin, "--listen=127.0.0.1:0", f"--upstream_url={sim_url}",

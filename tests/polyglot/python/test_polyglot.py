@@ -3,6 +3,7 @@ stubs generated at test time. Uses the README's snippet (videogen_example)."""
 import os
 import unittest
 import uuid
+from unittest import mock
 
 import grpc
 
@@ -28,14 +29,7 @@ def tearDownModule():
         STACK.stop()
 
 
-class PolyglotPythonTest(unittest.TestCase):
-
-    def setUp(self):
-        self.channel = grpc.insecure_channel(STACK.address)
-        self.stub = videogen_example.pb_grpc.VideoGenerationStub(self.channel)
-
-    def tearDown(self):
-        self.channel.close()
+class StreamAssertions:
 
     def assert_rising(self, events, after=0):
         revisions = [e.generation.revision for e in events
@@ -43,6 +37,16 @@ class PolyglotPythonTest(unittest.TestCase):
         self.assertTrue(revisions, "no events")
         self.assertGreater(revisions[0], after)
         self.assertEqual(revisions, sorted(set(revisions)), revisions)
+
+
+class PolyglotPythonTest(StreamAssertions, unittest.TestCase):
+
+    def setUp(self):
+        self.channel = grpc.insecure_channel(STACK.address)
+        self.stub = videogen_example.pb_grpc.VideoGenerationStub(self.channel)
+
+    def tearDown(self):
+        self.channel.close()
 
     def test_generate_streams_to_completion(self):
         events = []
@@ -146,6 +150,67 @@ class PolyglotPythonTest(unittest.TestCase):
                                    on_event=lambda e: None)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
 
+
+class FailedGenerationTest(StreamAssertions, unittest.TestCase):
+    """A stack whose simulated upstream fails every job (--error_rate=1)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.stack = harness.Stack(sim_flags=["--error_rate=1"])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stack.stop()
+
+    def setUp(self):
+        self.channel = grpc.insecure_channel(self.stack.address)
+        self.stub = videogen_example.pb_grpc.VideoGenerationStub(self.channel)
+        self.metadata = videogen_example.auth(self.stack.key)
+
+    def tearDown(self):
+        self.channel.close()
+
+    def assert_failed(self, g):
+        self.assertEqual(pb.Generation.State.Name(g.state), "STATE_FAILED")
+        self.assertTrue(g.done)
+        self.assertEqual(g.error.reason, "UPSTREAM_TASK_ERROR")
+        self.assertEqual(g.error.code, grpc.StatusCode.INTERNAL.value[0])
+        self.assertTrue(g.error.message.strip(), "empty error.message")
+        # The upstream's own message is part of it.
+        self.assertIn("The simulated model failed to render this prompt",
+                      g.error.message)
+        self.assertEqual(g.video.url, "")
+
+    def test_failed_generation_is_an_ok_stream_with_error_reason(self):
+        request = pb.GenerateRequest(prompt="a storm at sea",
+                                     request_id=str(uuid.uuid4()))
+        call = self.stub.Generate(request, timeout=TIMEOUT_S,
+                                  metadata=self.metadata)
+        events = list(call)  # an RPC error would raise here
+        self.assertEqual(call.code(), grpc.StatusCode.OK, call.details())
+        self.assertEqual(events[0].type, pb.GenerationEvent.TYPE_SNAPSHOT)
+        self.assert_rising(events)
+        # The stream ends right after the terminal event.
+        final = events[-1]
+        self.assertNotEqual(final.type, pb.GenerationEvent.TYPE_HEARTBEAT)
+        self.assert_failed(final.generation)
+        # Only the terminal event carries the error.
+        for e in events[:-1]:
+            self.assertNotEqual(e.generation.state,
+                                pb.Generation.STATE_FAILED)
+            self.assertFalse(e.generation.HasField("error"), e)
+
+        # The README's watch() (key from the environment) replays it from 0
+        # as one SNAPSHOT of the FAILED generation and returns, no RpcError.
+        replay = []
+        with mock.patch.dict(os.environ,
+                             {"VIDEOGEN_API_KEY": self.stack.key}):
+            watched = videogen_example.watch(self.stub, final.generation.id,
+                                             on_event=replay.append)
+        self.assertEqual([e.type for e in replay],
+                         [pb.GenerationEvent.TYPE_SNAPSHOT])
+        self.assertEqual(watched.revision, final.generation.revision)
+        self.assert_failed(watched)
 
 
 if __name__ == "__main__":
