@@ -13,26 +13,20 @@ absl::Status NotFound(const std::string& id) {
   return absl::NotFoundError(absl::StrCat("generation \"", id, "\" not found"));
 }
 
-// One log line per accepted, replayed or refused creation.
-void LogCreate(const v1::GenerateRequest& req, const auth::Principal& who,
-               const core::RequestContext& ctx,
-               const absl::StatusOr<core::GenerationPtr>& result) {
+// One log line per refused creation. Accepted ones are logged by the
+// tracker, which alone knows a new job (`generation_created`) from a replay
+// of its request_id (`generation_replayed`).
+void LogRejected(const v1::GenerateRequest& req, const auth::Principal& who,
+                 const core::RequestContext& ctx, const absl::Status& status) {
   nlohmann::json fields = {{"request_id", req.request_id()},
                            {"model", req.model()},
-                           {"tenant", who.tenant}};
+                           {"tenant", who.tenant},
+                           {"code", absl::StatusCodeToString(status.code())},
+                           {"error", std::string(status.message())}};
   if (ctx.traceparent.size() >= 35) {
     fields["trace_id"] = ctx.traceparent.substr(3, 32);
   }
-  if (result.ok()) {
-    fields["generation_id"] = (*result)->id();
-    fields["upstream_id"] = (*result)->upstream_id();
-    fields["upstream_status"] = (*result)->upstream_status();
-    Log("info", "generation_created", std::move(fields));
-  } else {
-    fields["code"] = absl::StatusCodeToString(result.status().code());
-    fields["error"] = std::string(result.status().message());
-    Log("warn", "generation_rejected", std::move(fields));
-  }
+  Log("warn", "generation_rejected", std::move(fields));
 }
 
 }  // namespace
@@ -68,10 +62,7 @@ void GatewayImpl::Create(const auth::Principal& who,
   tracker_->Create(std::move(create),
                    [request, who, ctx, done = std::move(done)](
                        absl::StatusOr<core::GenerationPtr> g) {
-                     // Replays of a request_id are logged by the tracker as
-                     // replays.
-                     if (!g.ok() || (*g)->revision() <= 1)
-                       LogCreate(request, who, ctx, g);
+                     if (!g.ok()) LogRejected(request, who, ctx, g.status());
                      done(std::move(g));
                    });
 }

@@ -13,6 +13,7 @@
 #include "server/core/generation_record.h"
 #include "server/core/tracker_impl.h"
 #include "server/util/log.h"
+#include "server/util/thread_name.h"
 
 namespace videogen::core {
 namespace {
@@ -70,6 +71,43 @@ absl::Status AlreadyExists(const std::string& request_id) {
 absl::Status Stopping() {
   return absl::UnavailableError(
       "the server is shutting down; retry with the same request_id");
+}
+
+// The Create that made a generation logs `generation_created` once its
+// submit is answered; every later Create with the same request_id, waiting
+// or not, logs `generation_replayed` (clients retry, and a retry is not a
+// new job: counting created lines must count jobs).
+CreateCallback LogCreated(const CreateRequest& request, CreateCallback done) {
+  nlohmann::json fields = {{"request_id", request.request.request_id()},
+                           {"model", request.request.model()},
+                           {"tenant", request.tenant}};
+  if (request.ctx.traceparent.size() >= 35) {
+    fields["trace_id"] = request.ctx.traceparent.substr(3, 32);
+  }
+  return [fields = std::move(fields),
+          done = std::move(done)](absl::StatusOr<GenerationPtr> g) mutable {
+    if (g.ok()) {
+      fields["generation_id"] = (*g)->id();
+      fields["upstream_id"] = (*g)->upstream_id();
+      fields["upstream_status"] = (*g)->upstream_status();
+      util::Log("info", "generation_created", std::move(fields));
+    }
+    done(std::move(g));
+  };
+}
+
+void LogReplayed(const v1::Generation& g, const std::string& request_id) {
+  util::Log("info", "generation_replayed",
+            {{"generation_id", g.id()}, {"request_id", request_id}});
+}
+
+CreateCallback LogReplayedWhenAnswered(std::string request_id,
+                                       CreateCallback done) {
+  return [request_id = std::move(request_id),
+          done = std::move(done)](absl::StatusOr<GenerationPtr> g) {
+    if (g.ok()) LogReplayed(**g, request_id);
+    done(std::move(g));
+  };
 }
 
 }  // namespace
@@ -192,6 +230,7 @@ absl::Time Tracker::Impl::RunUntilIdle() {
 }
 
 void Tracker::Impl::LoopThread() {
+  util::NameThisThread("vg-tracker");
   while (!stop_thread_.load()) {
     RunTasks();
     RunTimers();
@@ -270,7 +309,7 @@ void Tracker::Impl::StartCreate(CreateRequest request, CreateCallback done) {
       } else if (e.phase == Phase::kRejected) {
         done(e.rejection);
       } else {
-        e.waiters.push_back(std::move(done));
+        e.waiters.push_back(LogReplayedWhenAnswered(rid, std::move(done)));
       }
       return;
     }
@@ -305,7 +344,7 @@ void Tracker::Impl::StartCreate(CreateRequest request, CreateCallback done) {
   e.record = std::move(record);
   e.phase = Phase::kWaitingToSubmit;
   e.traceparent = request.ctx.traceparent;
-  e.waiters.push_back(std::move(done));
+  e.waiters.push_back(LogCreated(request, std::move(done)));
   {
     absl::MutexLock lock(&counts_mu_);
     ++active_counts_[v1::Generation::STATE_QUEUED];
@@ -323,9 +362,7 @@ void Tracker::Impl::JoinExisting(const store::Record& existing,
     return;
   }
   if (g.revision() > 0) {
-    util::Log(
-        "info", "generation_replayed",
-        {{"generation_id", g.id()}, {"request_id", request.request_id()}});
+    LogReplayed(g, request.request_id());
     done(std::make_shared<const v1::Generation>(g));
     return;
   }

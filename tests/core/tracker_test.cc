@@ -1,24 +1,35 @@
 #include "server/core/tracker.h"
 
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <random>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
 #include "server/core/clock.h"
 #include "server/core/fanout_hub.h"
 #include "server/core/generation_record.h"
+#include "server/util/log.h"
 #include "tests/core/fake_upstream.h"
 #include "tests/core/test_util.h"
 
@@ -75,6 +86,50 @@ upstream::Snapshot Completed() {
 absl::Status Ambiguous() {
   return absl::UnknownError("upstream answered 502 after the POST was sent");
 }
+
+// Captures what util::Log writes (the process's stderr) while it lives.
+class CapturedLog {
+ public:
+  CapturedLog() {
+    util::FlushLogs();
+    std::fflush(stderr);
+    path_ = ::testing::TempDir() + "tracker_test_log_XXXXXX";
+    const int fd = ::mkstemp(path_.data());
+    EXPECT_GE(fd, 0);
+    saved_ = ::dup(STDERR_FILENO);
+    ::dup2(fd, STDERR_FILENO);
+    ::close(fd);
+  }
+  ~CapturedLog() {
+    util::FlushLogs();
+    std::fflush(stderr);
+    ::dup2(saved_, STDERR_FILENO);
+    ::close(saved_);
+    ::unlink(path_.c_str());
+  }
+  CapturedLog(const CapturedLog&) = delete;
+  CapturedLog& operator=(const CapturedLog&) = delete;
+
+  // Lines logged so far whose event is `event` and that name `generation_id`.
+  int Count(const std::string& event, const std::string& generation_id) {
+    util::FlushLogs();
+    std::ifstream in(path_);
+    std::stringstream text;
+    text << in.rdbuf();
+    const std::string ev = absl::StrCat("\"event\":\"", event, "\"");
+    const std::string gid =
+        absl::StrCat("\"generation_id\":\"", generation_id, "\"");
+    int n = 0;
+    for (absl::string_view line : absl::StrSplit(text.str(), '\n')) {
+      if (absl::StrContains(line, ev) && absl::StrContains(line, gid)) ++n;
+    }
+    return n;
+  }
+
+ private:
+  std::string path_;
+  int saved_ = -1;
+};
 
 class TrackerTest : public ::testing::Test {
  protected:
@@ -293,6 +348,60 @@ TEST_F(TrackerTest, SameRequestIdJoinsAndDifferentParametersIsAlreadyExists) {
   EXPECT_EQ(upstream_.submit_count(), 1);
   // No request_id: not idempotent.
   EXPECT_NE(MustCreate(Request())->id(), MustCreate(Request())->id());
+}
+
+// Issue 15: a repeated request_id joins in every state, never submits again,
+// and each replay is logged as `generation_replayed` (the gateway logs
+// `generation_created` only for the first answer).
+TEST_F(TrackerTest, ReplaysAreLoggedAsReplaysInEveryState) {
+  CapturedLog log;
+  // Answered, QUEUED at revision 1.
+  GenerationPtr a = MustCreate(Request("a"));
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(MustCreate(Request("a"))->id(), a->id());
+  EXPECT_EQ(log.Count("generation_replayed", a->id()), 1);
+  // Unanswered (submit_unconfirmed, reconciling).
+  upstream_.set_submit_result(Ambiguous());
+  GenerationPtr b = MustCreate(Request("b"));
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(MustCreate(Request("b"))->id(), b->id());
+  EXPECT_EQ(log.Count("generation_replayed", b->id()), 1);
+  // Terminal.
+  upstream_.PushPoll(Completed());
+  Step(kInitialDelay);
+  ASSERT_TRUE(Stored(a->id()).generation.done());
+  EXPECT_TRUE(MustCreate(Request("a"))->done());
+  EXPECT_EQ(log.Count("generation_replayed", a->id()), 2);
+  // After a restart.
+  Restart(Options());
+  EXPECT_EQ(MustCreate(Request("a"))->id(), a->id());
+  EXPECT_EQ(MustCreate(Request("b"))->id(), b->id());
+  EXPECT_EQ(log.Count("generation_replayed", a->id()), 3);
+  EXPECT_EQ(log.Count("generation_replayed", b->id()), 2);
+  EXPECT_EQ(upstream_.submit_count(), 2);
+}
+
+// A repeated request_id that arrives while the first submit is still in
+// flight waits for its answer: a replay too, and logged as one.
+TEST_F(TrackerTest, AReplayWaitingForTheSubmitIsLoggedAsAReplay) {
+  CapturedLog log;
+  upstream_.HoldSubmits();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    tracker_->Create(CreateRequest{Request("r1"), "", {}, {}},
+                     [&](absl::StatusOr<GenerationPtr> g) {
+                       ASSERT_TRUE(g.ok()) << g.status();
+                       ids.push_back((*g)->id());
+                     });
+  }
+  Drive();
+  upstream_.ResolveSubmits(upstream::SubmitResult{"up-1", "queued"});
+  Drive();
+  ASSERT_EQ(ids.size(), 3u);
+  EXPECT_EQ(ids[0], ids[1]);
+  EXPECT_EQ(ids[0], ids[2]);
+  EXPECT_EQ(upstream_.submit_count(), 1);
+  EXPECT_EQ(log.Count("generation_replayed", ids[0]), 2);
 }
 
 TEST_F(TrackerTest, RequestIdIsPerTenant) {
@@ -536,6 +645,81 @@ TEST_F(TrackerTest, UsageLog429BacksOffAsTold) {
   EXPECT_EQ(Stored(g->id()).generation.upstream_id(), "up-late");
 }
 
+// Issue 15: --reconcile_rate. Many unanswered submits and a usage log of
+// many pages: the requests are spaced by the rate (never more than
+// `rate` in any minute), passes do not run back to back past it, and the
+// requests go on as the clock moves.
+TEST_F(TrackerTest, UsageLogRequestsNeverExceedTheRate) {
+  TrackerOptions o = Options();
+  o.reconcile_rate_per_minute = 6;          // one request per 10 s
+  o.reconcile_interval = absl::Seconds(1);  // only the rate holds back
+  Restart(o);
+  // 1000 other jobs: a pass needs 10 pages of 100.
+  for (int i = 0; i < 1000; ++i) {
+    upstream::LogRow row;
+    row.client_request_id = "someone-else-" + std::to_string(i);
+    row.inference_id = "x";
+    upstream_.AddLogRow(row);
+  }
+  upstream_.set_submit_result(Ambiguous());
+  std::vector<std::string> ids;
+  for (int i = 0; i < 30; ++i) ids.push_back(MustCreate(Request())->id());
+  std::vector<absl::Time> sent_at;  // when each usage-log request left
+  auto record = [&] {
+    while (sent_at.size() < upstream_.log_queries().size()) {
+      sent_at.push_back(clock_.Now());
+    }
+  };
+  record();
+  EXPECT_EQ(sent_at.size(), 1u);
+  // Held back: the loop running again at the same instant sends nothing.
+  for (int i = 0; i < 5; ++i) Drive();
+  record();
+  EXPECT_EQ(sent_at.size(), 1u);
+  for (int s = 0; s < 300; ++s) {
+    Step(absl::Seconds(1));
+    record();
+  }
+  // ... and not stopped: about one every 10 s over the 5 minutes.
+  EXPECT_GE(sent_at.size(), 30u);
+  EXPECT_LE(sent_at.size(), 31u);
+  int max_offset = 0;
+  for (const upstream::LogQuery& q : upstream_.log_queries()) {
+    max_offset = std::max(max_offset, q.offset);
+  }
+  EXPECT_EQ(max_offset, 900);  // the passes did page through the log
+  // The jobs show up in the log: found by later passes, at the same rate.
+  for (const std::string& id : ids) {
+    upstream::LogRow row;
+    row.client_request_id = id;
+    row.inference_id = "up-" + id;
+    upstream_.AddLogRow(row);
+  }
+  for (int s = 0; s < 180; ++s) {
+    Step(absl::Seconds(1));
+    record();
+  }
+  for (const std::string& id : ids) {
+    EXPECT_EQ(Stored(id).generation.upstream_id(), "up-" + id);
+  }
+  size_t most = 0;  // the most requests in any minute
+  absl::Duration busiest;
+  for (size_t i = 0; i < sent_at.size(); ++i) {
+    size_t in_minute = 0;
+    for (size_t j = i;
+         j < sent_at.size() && sent_at[j] < sent_at[i] + absl::Minutes(1);
+         ++j) {
+      ++in_minute;
+    }
+    if (in_minute > most) {
+      most = in_minute;
+      busiest = sent_at[i] - sent_at[0];
+    }
+  }
+  EXPECT_LE(most, 6u) << "in the minute from +" << busiest;
+  EXPECT_EQ(upstream_.submit_count(), 30);
+}
+
 // ---- Recovery --------------------------------------------------------------
 
 TEST_F(TrackerTest, RecoveryResendsOnlyWhatNeverLeft) {
@@ -741,6 +925,90 @@ TEST_F(TrackerTest, AnotherWritersChangeIsNotOverwritten) {
   store::Record r = Stored(g->id());
   EXPECT_EQ(r.generation.revision(), 3);  // 1, theirs 2, ours 3
   EXPECT_EQ(r.generation.state(), v1::Generation::STATE_GENERATING);
+}
+
+// Issue 14: a revision is announced only once it is durable. A poll answer
+// whose write fails reaches no watcher and leaves the in-memory record as
+// it was; after a restart the revisions go on from what the store holds, a
+// watcher resuming with after_revision=1 gets the terminal event, and no
+// revision number ever stands for two different contents.
+TEST_F(TrackerTest, FailedWriteIsNeverAnnouncedAndNoRevisionIsReused) {
+  GenerationPtr g = MustCreate(Request("r1"));
+  ASSERT_NE(g, nullptr);
+  const std::string id = g->id();
+  auto watcher = Watch(id);
+  auto firehose = std::make_shared<RecordingSink>();
+  ASSERT_TRUE(hub_.SubscribeAll(Filter{}, firehose).ok());
+  ASSERT_THAT(watcher->revisions(), ElementsAre(1));
+  ASSERT_THAT(firehose->revisions(), ElementsAre(1));
+
+  // GENERATING cannot be written: nobody hears of it.
+  store_.FailWrites(absl::UnavailableError("disk full"));
+  upstream_.PushPoll(Snap(TaskState::kGenerating, "generating"));
+  Step(kInitialDelay);
+  ASSERT_EQ(upstream_.poll_count(), 1);
+  EXPECT_THAT(watcher->revisions(), ElementsAre(1));
+  EXPECT_THAT(firehose->revisions(), ElementsAre(1));
+  EXPECT_EQ(Stored(id).generation.revision(), 1);
+  // The store works again: the next answer (the same) is written, as
+  // revision 2, because the failed write changed nothing in memory either.
+  store_.FailWrites(absl::OkStatus());
+  upstream_.PushPoll(Snap(TaskState::kGenerating, "generating"));
+  Step(Options().error_backoff_initial);
+  ASSERT_EQ(upstream_.poll_count(), 2);
+  EXPECT_THAT(watcher->revisions(), ElementsAre(1, 2));
+  EXPECT_EQ(Stored(id).generation.state(), v1::Generation::STATE_GENERATING);
+
+  // COMPLETED cannot be written: not announced either.
+  store_.FailWrites(absl::UnavailableError("disk full"));
+  upstream_.PushPoll(Completed());
+  Step(kInterval);
+  ASSERT_EQ(upstream_.poll_count(), 3);
+  EXPECT_THAT(watcher->revisions(), ElementsAre(1, 2));
+  EXPECT_THAT(firehose->revisions(), ElementsAre(1, 2));
+  EXPECT_EQ(Stored(id).generation.revision(), 2);
+  EXPECT_FALSE(Stored(id).generation.done());
+  int64_t announced = 0;
+  for (const auto& sink : {watcher, firehose}) {
+    for (int64_t r : sink->revisions()) announced = std::max(announced, r);
+  }
+
+  // Restart: a new process (tracker and hub) over the same store.
+  tracker_.reset();
+  store_.FailWrites(absl::OkStatus());
+  clock_.Advance(absl::Seconds(3));
+  FanoutHub hub(&store_, &clock_);
+  auto resumed = std::make_shared<RecordingSink>();
+  absl::StatusOr<Subscription> sub = hub.Subscribe(id, "", 1, resumed);
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  upstream_.PushPoll(Completed());
+  Restart(Options());
+  Drive();
+  hub.Flush();
+  ASSERT_FALSE(resumed->events().empty());
+  EXPECT_TRUE(resumed->last()->generation().done());
+  EXPECT_EQ(resumed->last()->generation().state(),
+            v1::Generation::STATE_COMPLETED);
+  EXPECT_GT(resumed->last()->generation().revision(), announced);
+  EXPECT_EQ(resumed->revisions().front(), 2);  // nothing at or below 1
+  // Every revision anyone was told about means one content: the durable one.
+  std::map<int64_t, v1::Generation> seen;
+  for (const auto& sink : {watcher, firehose, resumed}) {
+    for (const EventPtr& e : sink->events()) {
+      auto [it, first] =
+          seen.emplace(e->generation().revision(), e->generation());
+      EXPECT_TRUE(first || google::protobuf::util::MessageDifferencer::Equals(
+                               it->second, e->generation()))
+          << "revision " << e->generation().revision() << " announced as\n"
+          << it->second.DebugString() << "and as\n"
+          << e->generation().DebugString();
+    }
+  }
+  store::Record final_record = Stored(id);
+  ASSERT_TRUE(seen.count(final_record.generation.revision()));
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(
+      seen[final_record.generation.revision()], final_record.generation));
+  EXPECT_EQ(upstream_.submit_count(), 1);
 }
 
 // ---- Fan-out hub -----------------------------------------------------------
@@ -1135,7 +1403,9 @@ TEST(TrackerStressTest, ConcurrentClientsLoopHubAndUpstreamThread) {
                 events[i - 1]->generation().revision());
       EXPECT_FALSE(events[i - 1]->generation().done());
     }
-    if (to_end) EXPECT_TRUE(events.back()->generation().done());
+    if (to_end) {
+      EXPECT_TRUE(events.back()->generation().done());
+    }
   }
   std::map<std::string, int64_t> last;
   for (const EventPtr& e : firehose->events()) {

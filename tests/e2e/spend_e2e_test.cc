@@ -151,6 +151,18 @@ int CountEvents(const std::string& log, const std::string& event) {
   return n;
 }
 
+// The server's log once `event` shows up at least `want` times there (the
+// log is written by a thread of its own), or after 5 s.
+std::string LogWith(const Server& server, const std::string& event, int want) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  std::string log = server.process->Stderr() + server.process->Stdout();
+  while (CountEvents(log, event) < want && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));
+    log = server.process->Stderr() + server.process->Stdout();
+  }
+  return log;
+}
+
 // ---- every create answer lost ----------------------------------------------
 
 struct FaultCase {
@@ -217,9 +229,12 @@ TEST_P(SpendE2eFaults, EveryCreateAnswerLostStillMakesOneJobEach) {
   EXPECT_EQ(sim.Stats()["faults_by_kind"][fc.kind].get<int64_t>(),
             kGenerations);
   // Each was found through the usage log, not by luck.
-  EXPECT_EQ(CountEvents(server.process->Stderr() + server.process->Stdout(),
-                        "submit_reconciled"),
-            kGenerations);
+  const std::string log =
+      LogWith(server, "generation_replayed", 2 * kGenerations);
+  EXPECT_EQ(CountEvents(log, "submit_reconciled"), kGenerations);
+  // One creation per request_id; the other two requests were replays.
+  EXPECT_EQ(CountEvents(log, "generation_created"), kGenerations);
+  EXPECT_EQ(CountEvents(log, "generation_replayed"), 2 * kGenerations);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -414,6 +429,12 @@ TEST(SpendE2e, SubmitThatCreatedNothingEndsSubmitUnconfirmed) {
   EXPECT_EQ(after.id(), ids[0]);
   EXPECT_EQ(after.state(), Generation::STATE_FAILED);
   EXPECT_EQ(SimRequests(sim, "POST "), kGenerations);
+  // One creation per request_id; each retry (one each, one more for
+  // never-0) was logged as a replay.
+  const std::string log =
+      LogWith(server, "generation_replayed", kGenerations + 1);
+  EXPECT_EQ(CountEvents(log, "generation_created"), kGenerations);
+  EXPECT_EQ(CountEvents(log, "generation_replayed"), kGenerations + 1);
 }
 
 }  // namespace
