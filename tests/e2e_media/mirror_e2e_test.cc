@@ -7,7 +7,9 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <optional>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -63,6 +65,31 @@ std::string Metrics(const std::string& http_url) {
   return r && r->status == 200 ? r->body : "";
 }
 
+// The value of an unlabelled series in a Prometheus text exposition;
+// nullopt when the series is absent.
+std::optional<double> MetricValue(const std::string& text,
+                                  const std::string& name) {
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    if (!absl::StartsWith(line, name + " ")) continue;
+    std::istringstream fields(line.substr(name.size() + 1));
+    double value = 0;
+    if (fields >> value) return value;
+  }
+  return std::nullopt;
+}
+
+// What the local media store holds on disk: the bytes of its visible
+// objects (not temp files nor .meta sidecars).
+int64_t MediaBytesOnDisk(const std::string& media_dir) {
+  int64_t total = 0;
+  for (const std::string& name : ListDir(media_dir)) {
+    if (absl::StartsWith(name, ".") || absl::EndsWith(name, ".meta")) continue;
+    total += FileSize(media_dir + "/" + name);
+  }
+  return total;
+}
+
 const std::vector<std::string> kFastSim = {"--queued_for=300ms",
                                            "--generating_for=600ms"};
 
@@ -92,6 +119,18 @@ TEST(MirrorE2e, ServesTheSameBytesAfterTheSimulatorIsGone) {
   EXPECT_EQ(Sha256Hex(original), video.sha256());
   EXPECT_EQ(FileSize(data_dir + "/media/" + g->id()),
             static_cast<int64_t>(original.size()));
+
+  // Issue 21's metrics: the bytes copied, and what the store holds.
+  const std::string metrics = Metrics(server.http_url);
+  EXPECT_EQ(MetricValue(metrics, "videogen_mirror_bytes_total"),
+            static_cast<double>(original.size()))
+      << metrics;
+  EXPECT_EQ(MetricValue(metrics, "videogen_media_store_bytes"),
+            static_cast<double>(MediaBytesOnDisk(data_dir + "/media")))
+      << metrics;
+  EXPECT_EQ(MetricValue(metrics, "videogen_media_store_bytes"),
+            static_cast<double>(original.size()))
+      << metrics;
 
   // The upstream's file is gone for good.
   sim.process->Kill();
@@ -132,6 +171,14 @@ TEST(MirrorE2e, ServesTheSameBytesAfterTheSimulatorIsGone) {
   ASSERT_TRUE(after);
   ASSERT_EQ(after->status, 200);
   EXPECT_EQ(Sha256Hex(after->body), video.sha256());
+  // A restarted server counts what its store already holds, and has
+  // copied nothing itself yet.
+  const std::string restarted = Metrics(server.http_url);
+  EXPECT_EQ(MetricValue(restarted, "videogen_media_store_bytes"),
+            static_cast<double>(original.size()))
+      << restarted;
+  EXPECT_EQ(MetricValue(restarted, "videogen_mirror_bytes_total"), 0.0)
+      << restarted;
 }
 
 TEST(MirrorE2e, MediaIsPrivateToItsTenant) {
@@ -203,17 +250,33 @@ TEST(MirrorE2e, RetentionPurgeRemovesMediaWithItsRecord) {
   spec.flags = {"--retention=1s"};
   Server server = StartServer(spec);
   Api api(server.http_url);
+  const std::string media_dir = data_dir + "/media";
 
+  // Two videos: the metrics sum them.
+  absl::StatusOr<v1::Generation> other = api.Create("another short-lived fox");
+  ASSERT_TRUE(other.ok()) << other.status();
   absl::StatusOr<v1::Generation> g = api.Create("a short-lived fox");
   ASSERT_TRUE(g.ok()) << g.status();
   g = api.WaitDone(g->id(), absl::Seconds(30));
   ASSERT_TRUE(g.ok()) << g.status();
+  other = api.WaitDone(other->id(), absl::Seconds(30));
+  ASSERT_TRUE(other.ok()) << other.status();
   ASSERT_FALSE(g->video().mirror_url().empty());
-  const std::string file = data_dir + "/media/" + g->id();
+  ASSERT_FALSE(other->video().mirror_url().empty());
+  const std::string file = media_dir + "/" + g->id();
   ASSERT_GT(FileSize(file), 0);
+  const int64_t other_size = FileSize(media_dir + "/" + other->id());
+  ASSERT_GT(other_size, 0);
   httplib::Result before = api.Media(g->id());
   ASSERT_TRUE(before);
   EXPECT_EQ(before->status, 200);
+  const std::string metrics = Metrics(server.http_url);
+  const double both = static_cast<double>(FileSize(file) + other_size);
+  EXPECT_EQ(MetricValue(metrics, "videogen_mirror_bytes_total"), both)
+      << metrics;
+  EXPECT_EQ(MetricValue(metrics, "videogen_media_store_bytes"), both)
+      << metrics;
+  EXPECT_EQ(MediaBytesOnDisk(media_dir), FileSize(file) + other_size);
 
   absl::SleepFor(absl::Milliseconds(1500));  // older than --retention
   server.process->Signal(SIGHUP);
@@ -225,6 +288,12 @@ TEST(MirrorE2e, RetentionPurgeRemovesMediaWithItsRecord) {
   EXPECT_EQ(after->status, 404);
   EXPECT_EQ(FileSize(file), -1) << "the mirrored file outlived its record";
   EXPECT_EQ(FileSize(file + ".meta"), -1);
+  // The purge frees the store: its size drops to what is left on disk
+  // (nothing), while the bytes ever mirrored stay counted.
+  EXPECT_EQ(MediaBytesOnDisk(media_dir), 0);
+  const std::string purged = Metrics(server.http_url);
+  EXPECT_EQ(MetricValue(purged, "videogen_media_store_bytes"), 0.0) << purged;
+  EXPECT_EQ(MetricValue(purged, "videogen_mirror_bytes_total"), both) << purged;
 }
 
 #ifdef VIDEOGEN_HAVE_BOTOCORE

@@ -190,8 +190,30 @@ test('dashboard: key, create, complete, play, cancel, filters', {timeout: 240000
 
   // Create one and watch it reach COMPLETED live (no reload).
   await createFromForm(donePrompt, `e2e=browser, run=${run}`);
+  // Issue 20: while it is queued or generating, its row shows a progress
+  // bar from the estimate (a share of create..expected completion, capped at
+  // 99 until the generation is done).
+  const bar = rowOf(donePrompt).locator('progress');
+  await bar.waitFor({timeout: 15000});
+  const progress = await bar.evaluate((p) => ({
+    max: p.max, value: p.value, label: p.getAttribute('aria-label'),
+    title: p.parentElement.title, text: p.parentElement.textContent,
+    state: p.closest('tr').querySelector('.badge').textContent,
+  }));
+  assert.match(progress.state, /^(Queued|Generating)$/, 'a bar only while it runs');
+  assert.equal(progress.max, 100, 'the bar counts percent');
+  assert.ok(Number.isFinite(progress.value) && progress.value >= 0 && progress.value <= 99,
+            `the bar is partly filled, never full while running (${progress.value})`);
+  assert.equal(progress.label, 'Estimated progress');
+  assert.match(progress.title, /^Expected \S/, 'the cell explains the estimate');
+  assert.match(progress.text, /left|any moment/, 'the bar comes with the time left');
   await rowOf(donePrompt).locator('.badge', {hasText: 'Completed'})
       .waitFor({timeout: 120000});
+  // Once done the estimate is gone, and so is the bar (also after a tick).
+  await page.waitForTimeout(1200);
+  assert.equal(await rowOf(donePrompt).locator('progress').count(), 0,
+               'a completed generation shows no progress bar');
+  assert.equal(await rowOf(donePrompt).locator('.eta').count(), 0);
 
   // The detail view plays it.
   await page.waitForFunction(() => {
