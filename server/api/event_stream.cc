@@ -1,12 +1,15 @@
 #include "server/api/event_stream.h"
 
+#include <array>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
 #include "server/api/metrics.h"
 #include "server/api/status_map.h"
+#include "server/util/thread_name.h"
 
 namespace videogen::api {
 namespace {
@@ -20,13 +23,67 @@ void RecordFanout(const v1::GenerationEvent& event) {
                             absl::ToDoubleSeconds(absl::Now() - observed));
 }
 
+grpc::ByteBuffer Serialize(const v1::GenerationEvent& event) {
+  grpc::ByteBuffer wire;
+  bool own_buffer = false;
+  grpc::SerializationTraits<v1::GenerationEvent>::Serialize(event, &wire,
+                                                            &own_buffer);
+  return wire;
+}
+
+// The wire form of the last few events handed out. The hub gives one event
+// to every watcher of its generation in a row, so one serialization serves
+// them all; a few slots keep streams that finish older writes on other
+// threads from evicting the event being fanned out. A ByteBuffer copy only
+// takes references to the same bytes. Thread-safe.
+class WireCache {
+ public:
+  grpc::ByteBuffer Get(const core::EventPtr& event) {
+    absl::MutexLock lock(&mu_);
+    for (Slot& slot : slots_) {
+      // The same object, still alive (an expired slot's control block cannot
+      // be reused while the slot holds it, so the owner test is exact).
+      if (slot.message == event.get() && !slot.event.owner_before(event) &&
+          !event.owner_before(slot.event) && !slot.event.expired()) {
+        return slot.wire;
+      }
+    }
+    Slot& slot = slots_[next_++ % slots_.size()];
+    slot.message = event.get();
+    slot.event = event;
+    slot.wire = Serialize(*event);
+    return slot.wire;
+  }
+
+ private:
+  struct Slot {
+    const v1::GenerationEvent* message = nullptr;
+    std::weak_ptr<const v1::GenerationEvent> event;
+    grpc::ByteBuffer wire;
+  };
+  absl::Mutex mu_;
+  std::array<Slot, 4> slots_ ABSL_GUARDED_BY(mu_);
+  size_t next_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+grpc::ByteBuffer Wire(const core::EventPtr& event) {
+  // Heartbeats are one per stream: nothing to share.
+  if (event->type() == v1::GenerationEvent::TYPE_HEARTBEAT) {
+    return Serialize(*event);
+  }
+  static auto* cache = new WireCache();
+  return cache->Get(event);
+}
+
 }  // namespace
 
 EventStream::EventStream(Reactor* reactor, Gateway* gateway,
-                         bool ends_on_terminal, size_t max_backlog)
+                         bool ends_on_terminal, size_t max_backlog,
+                         std::string method)
     : gateway_(gateway),
       ends_on_terminal_(ends_on_terminal),
       max_backlog_(max_backlog),
+      method_(std::move(method)),
       reactor_(reactor),
       last_activity_ns_(absl::ToUnixNanos(absl::Now())) {}
 
@@ -152,6 +209,7 @@ void EventStream::OnWriteDone(bool ok) {
   {
     absl::MutexLock lock(&mu_);
     in_flight_ = nullptr;
+    in_flight_wire_.Clear();
     last_activity_ns_.store(absl::ToUnixNanos(absl::Now()),
                             std::memory_order_relaxed);
     if (!ok && !finish_called_) {
@@ -178,7 +236,8 @@ void EventStream::OnDone() {
   if (subscription != 0) gateway_->Unwatch(subscription);
 }
 
-EventStream::Action EventStream::NextLocked(const v1::GenerationEvent** msg,
+EventStream::Action EventStream::NextLocked(const v1::GenerationEvent** event,
+                                            const grpc::ByteBuffer** wire,
                                             grpc::Status* status) {
   if (done_ || finish_called_ || in_flight_ != nullptr) return Action::kNone;
   if (!order_.empty()) {
@@ -186,7 +245,9 @@ EventStream::Action EventStream::NextLocked(const v1::GenerationEvent** msg,
     order_.pop_front();
     in_flight_ = std::move(it->second);
     pending_.erase(it);
-    *msg = in_flight_.get();
+    in_flight_wire_ = Wire(in_flight_);
+    *event = in_flight_.get();
+    *wire = &in_flight_wire_;
     return Action::kWrite;
   }
   if (finish_.has_value()) {
@@ -198,28 +259,37 @@ EventStream::Action EventStream::NextLocked(const v1::GenerationEvent** msg,
 }
 
 void EventStream::Pump() {
-  const v1::GenerationEvent* msg = nullptr;
+  const v1::GenerationEvent* event = nullptr;
+  const grpc::ByteBuffer* wire = nullptr;
   grpc::Status status;
   Reactor* reactor;
   Action action;
   {
     absl::MutexLock lock(&mu_);
-    action = NextLocked(&msg, &status);
+    action = NextLocked(&event, &wire, &status);
     reactor = reactor_;
   }
   // Unlocked: gRPC may run OnWriteDone inline. The reactor stays alive: it
-  // is freed only in OnDone, which cannot come before Finish.
+  // is freed only in OnDone, which cannot come before Finish. `event` and
+  // `wire` stay too: only OnWriteDone lets go of them.
   if (action == Action::kWrite) {
-    if (msg->type() != v1::GenerationEvent::TYPE_HEARTBEAT) RecordFanout(*msg);
-    reactor->StartWrite(msg);
+    if (event->type() != v1::GenerationEvent::TYPE_HEARTBEAT) {
+      RecordFanout(*event);
+    }
+    reactor->StartWrite(wire);
   }
-  if (action == Action::kFinish) reactor->Finish(status);
+  if (action == Action::kFinish) {
+    CountGrpcRequest(method_, status.error_code());
+    reactor->Finish(status);
+  }
 }
 
 StreamReactor::StreamReactor(Gateway* gateway, StreamRegistry* registry,
-                             const std::string& tenant, bool ends_on_terminal)
+                             const std::string& tenant, bool ends_on_terminal,
+                             std::string method)
     : stream_(std::make_shared<EventStream>(this, gateway, ends_on_terminal,
-                                            registry->limits().max_backlog)),
+                                            registry->limits().max_backlog,
+                                            std::move(method))),
       registry_(registry),
       tenant_(tenant) {
   absl::Status added = registry_->Add(stream_, tenant_);
@@ -312,6 +382,7 @@ bool StreamRegistry::AwaitEmpty(absl::Duration timeout) {
 }
 
 void StreamRegistry::HeartbeatLoop() {
+  util::NameThisThread("vg-heartbeat");
   // Ticks at a quarter of the interval, so an idle stream beats within
   // 1.25 intervals. (Not more often: each tick reads every stream, a cache
   // miss each, about 2 ms per 1,000 streams on the 2-core CI machine.)

@@ -30,18 +30,21 @@ class StreamRegistry;
 // event is never replaced (nothing follows it). A firehose whose client
 // stops reading can still pile up one event per generation, so past
 // `max_backlog` pending events the stream ends RESOURCE_EXHAUSTED and the
-// client resumes with fresh snapshots: memory stays bounded. Thread-safe;
+// client resumes with fresh snapshots: memory stays bounded. Events go out
+// pre-serialized (the reactor writes bytes): one event reaches every watcher
+// of a generation, and it is serialized once for all of them. Thread-safe;
 // never calls the reactor after Finish, and never calls the gateway while
 // holding its own lock.
 class EventStream : public core::EventSink,
                     public std::enable_shared_from_this<EventStream> {
  public:
-  using Reactor = grpc::ServerWriteReactor<v1::GenerationEvent>;
+  using Reactor = grpc::ServerWriteReactor<grpc::ByteBuffer>;
 
   // `ends_on_terminal`: finish with OK right after a terminal event (single
-  // generation streams); the firehose never ends on its own.
+  // generation streams); the firehose never ends on its own. `method` is the
+  // RPC's full name, for videogen_grpc_requests_total.
   EventStream(Reactor* reactor, Gateway* gateway, bool ends_on_terminal,
-              size_t max_backlog);
+              size_t max_backlog, std::string method);
 
   void OnEvent(core::EventPtr event) override;
 
@@ -68,7 +71,8 @@ class EventStream : public core::EventSink,
  private:
   enum class Action { kNone, kWrite, kFinish };
   // Decides the next step under the lock; Perform runs it unlocked.
-  Action NextLocked(const v1::GenerationEvent** msg, grpc::Status* status)
+  Action NextLocked(const v1::GenerationEvent** event,
+                    const grpc::ByteBuffer** wire, grpc::Status* status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Pump();
   void SetSubscription(uint64_t id);
@@ -76,12 +80,14 @@ class EventStream : public core::EventSink,
   Gateway* const gateway_;
   const bool ends_on_terminal_;
   const size_t max_backlog_;
+  const std::string method_;
 
   absl::Mutex mu_;
   Reactor* reactor_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, core::EventPtr> pending_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> order_ ABSL_GUARDED_BY(mu_);
   core::EventPtr in_flight_ ABSL_GUARDED_BY(mu_);
+  grpc::ByteBuffer in_flight_wire_ ABSL_GUARDED_BY(mu_);  // in_flight_'s bytes
   std::optional<grpc::Status> finish_ ABSL_GUARDED_BY(mu_);
   bool finish_called_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
@@ -99,10 +105,11 @@ class EventStream : public core::EventSink,
 
 // The reactor gRPC drives: a thin shell that forwards to its EventStream and
 // deletes itself in OnDone. Owned by gRPC between creation and OnDone.
-class StreamReactor : public grpc::ServerWriteReactor<v1::GenerationEvent> {
+class StreamReactor : public EventStream::Reactor {
  public:
   StreamReactor(Gateway* gateway, StreamRegistry* registry,
-                const std::string& tenant, bool ends_on_terminal);
+                const std::string& tenant, bool ends_on_terminal,
+                std::string method);
   const std::shared_ptr<EventStream>& stream() const { return stream_; }
   // False when the server is draining; the RPC is then finished UNAVAILABLE.
   bool registered() const { return registered_; }

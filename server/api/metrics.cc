@@ -134,6 +134,28 @@ std::string TenantLabel(const std::string& tenant) {
 
 namespace {
 
+const char* CodeName(grpc::StatusCode code) {
+  static const char* kNames[] = {"OK",
+                                 "CANCELLED",
+                                 "UNKNOWN",
+                                 "INVALID_ARGUMENT",
+                                 "DEADLINE_EXCEEDED",
+                                 "NOT_FOUND",
+                                 "ALREADY_EXISTS",
+                                 "PERMISSION_DENIED",
+                                 "RESOURCE_EXHAUSTED",
+                                 "FAILED_PRECONDITION",
+                                 "ABORTED",
+                                 "OUT_OF_RANGE",
+                                 "UNIMPLEMENTED",
+                                 "INTERNAL",
+                                 "UNAVAILABLE",
+                                 "DATA_LOSS",
+                                 "UNAUTHENTICATED"};
+  const int n = static_cast<int>(code);
+  return n >= 0 && n <= 16 ? kNames[n] : "UNKNOWN";
+}
+
 // Records the status a finished RPC sends. Lives for one RPC.
 class GrpcMetricsInterceptor : public grpc::experimental::Interceptor {
  public:
@@ -142,37 +164,26 @@ class GrpcMetricsInterceptor : public grpc::experimental::Interceptor {
   void Intercept(grpc::experimental::InterceptorBatchMethods* m) override {
     using H = grpc::experimental::InterceptionHookPoints;
     if (m->QueryInterceptionHookPoint(H::PRE_SEND_STATUS)) {
-      Metrics::Global().Add(
-          "videogen_grpc_requests_total",
-          {{"method", method_}, {"code", CodeName(m->GetSendStatus())}});
+      CountGrpcRequest(method_, m->GetSendStatus().error_code());
     }
     m->Proceed();
   }
 
  private:
-  static std::string CodeName(const grpc::Status& s) {
-    static const char* kNames[] = {"OK",
-                                   "CANCELLED",
-                                   "UNKNOWN",
-                                   "INVALID_ARGUMENT",
-                                   "DEADLINE_EXCEEDED",
-                                   "NOT_FOUND",
-                                   "ALREADY_EXISTS",
-                                   "PERMISSION_DENIED",
-                                   "RESOURCE_EXHAUSTED",
-                                   "FAILED_PRECONDITION",
-                                   "ABORTED",
-                                   "OUT_OF_RANGE",
-                                   "UNIMPLEMENTED",
-                                   "INTERNAL",
-                                   "UNAVAILABLE",
-                                   "DATA_LOSS",
-                                   "UNAUTHENTICATED"};
-    int code = s.error_code();
-    return code >= 0 && code <= 16 ? kNames[code] : "UNKNOWN";
-  }
   std::string method_;
 };
+
+bool CountsItself(const std::string& method) {
+  static const auto* streams = [] {
+    auto* names = new absl::flat_hash_set<std::string>();
+    for (const char* m : {"Generate", "WatchGeneration", "WatchGenerations"}) {
+      names->insert(
+          absl::StrCat("/", v1::VideoGeneration::service_full_name(), "/", m));
+    }
+    return names;
+  }();
+  return streams->contains(method);
+}
 
 }  // namespace
 
@@ -199,10 +210,17 @@ std::string MethodLabel(const char* method) {
   return "unknown";
 }
 
+void CountGrpcRequest(const std::string& method, grpc::StatusCode code) {
+  Metrics::Global().Add("videogen_grpc_requests_total",
+                        {{"method", method}, {"code", CodeName(code)}});
+}
+
 grpc::experimental::Interceptor*
 GrpcMetricsInterceptorFactory::CreateServerInterceptor(
     grpc::experimental::ServerRpcInfo* info) {
-  return new GrpcMetricsInterceptor(MethodLabel(info->method()));
+  std::string method = MethodLabel(info->method());
+  if (CountsItself(method)) return nullptr;
+  return new GrpcMetricsInterceptor(std::move(method));
 }
 
 }  // namespace videogen::api

@@ -10,6 +10,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/support/server_interceptor.h"
+#include "grpcpp/support/status.h"
 
 namespace videogen::api {
 
@@ -71,8 +72,13 @@ void DescribeVideogenMetrics(Metrics& m);
 // seen, "other" after that ("-" for the unnamed tenant of --auth=none).
 std::string TenantLabel(const std::string& tenant);
 
-// Counts finished RPCs by method and code
-// (videogen_grpc_requests_total{method,code}).
+// Counts one finished RPC in videogen_grpc_requests_total{method,code}.
+void CountGrpcRequest(const std::string& method, grpc::StatusCode code);
+
+// Counts finished RPCs by method and code, except the three streaming
+// VideoGeneration methods: their streams count themselves (CountGrpcRequest),
+// because an interceptor adds a completion-queue round trip to every message
+// written on its call.
 class GrpcMetricsInterceptorFactory
     : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:

@@ -5,11 +5,17 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/stubs/logging.h"
+#include "grpcpp/support/proto_buffer_reader.h"
 #include "server/api/log.h"
 #include "videogen/v1/video_generation.grpc.pb.h"
 
 namespace videogen::api {
 namespace {
+
+constexpr char kUnparsable[] =
+    "the request could not be parsed: a string field holds invalid UTF-8 "
+    "(send text as UTF-8; binary data does not belong in these fields) or "
+    "the message is malformed";
 
 // One per RPC, created and run by gRPC.
 class BadRequestInterceptor : public grpc::experimental::Interceptor {
@@ -22,11 +28,8 @@ class BadRequestInterceptor : public grpc::experimental::Interceptor {
       // gRPC's answer to a request it could not deserialize.
       if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED &&
           status.error_message().empty()) {
-        m->ModifySendStatus(grpc::Status(
-            grpc::StatusCode::INVALID_ARGUMENT,
-            "the request could not be parsed: a string field holds invalid "
-            "UTF-8 (send text as UTF-8; binary data does not belong in "
-            "these fields) or the message is malformed"));
+        m->ModifySendStatus(
+            grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, kUnparsable));
       }
     }
     m->Proceed();
@@ -49,13 +52,13 @@ void ProtobufLogToJson(google::protobuf::LogLevel level, const char* filename,
 grpc::experimental::Interceptor*
 BadRequestInterceptorFactory::CreateServerInterceptor(
     grpc::experimental::ServerRpcInfo* info) {
-  // Only methods this server serves: an unknown method's UNIMPLEMENTED is
-  // the right answer.
+  // Only the unary methods this server serves: an unknown method's
+  // UNIMPLEMENTED is the right answer, and the streaming ones parse their own
+  // requests (ParseRequest).
   static const auto* known = [] {
     auto* names = new absl::flat_hash_set<std::string>();
-    for (const char* m :
-         {"Generate", "CreateGeneration", "WatchGeneration", "WatchGenerations",
-          "GetGeneration", "ListGenerations", "CancelGeneration"}) {
+    for (const char* m : {"CreateGeneration", "GetGeneration",
+                          "ListGenerations", "CancelGeneration"}) {
       names->insert(
           absl::StrCat("/", v1::VideoGeneration::service_full_name(), "/", m));
     }
@@ -64,6 +67,15 @@ BadRequestInterceptorFactory::CreateServerInterceptor(
   const char* method = info->method();
   if (method == nullptr || !known->contains(method)) return nullptr;
   return new BadRequestInterceptor();
+}
+
+absl::Status ParseRequest(const grpc::ByteBuffer& wire,
+                          google::protobuf::Message* out) {
+  grpc::ProtoBufferReader reader(const_cast<grpc::ByteBuffer*>(&wire));
+  if (!out->ParseFromZeroCopyStream(&reader)) {
+    return absl::InvalidArgumentError(kUnparsable);
+  }
+  return absl::OkStatus();
 }
 
 void RouteProtobufLogs() {

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/api/log.h"
+#include "server/api/request_errors.h"
 #include "server/api/status_map.h"
 #include "server/auth/grpc_auth.h"
 
@@ -55,6 +56,12 @@ grpc::Status CreateStatus(const auth::Principal& who,
   return ToGrpcStatus(status);
 }
 
+// "/videogen.v1.VideoGeneration/<method>", the metrics' method label.
+std::string MethodName(const char* method) {
+  return absl::StrCat("/", v1::VideoGeneration::service_full_name(), "/",
+                      method);
+}
+
 }  // namespace
 
 std::string TraceParentOf(const grpc::CallbackServerContext& context) {
@@ -81,23 +88,30 @@ absl::StatusOr<auth::Principal> VideoGenerationService::Who(
 }
 
 StreamReactor* VideoGenerationService::NewStream(
-    const absl::StatusOr<auth::Principal>& who, bool ends_on_terminal) {
-  auto* reactor = new StreamReactor(
-      gateway_, registry_, who.ok() ? who->tenant : "", ends_on_terminal);
-  if (reactor->registered() && !who.ok()) {
+    const absl::StatusOr<auth::Principal>& who, const absl::Status& parsed,
+    bool ends_on_terminal, const char* method) {
+  auto* reactor =
+      new StreamReactor(gateway_, registry_, who.ok() ? who->tenant : "",
+                        ends_on_terminal, MethodName(method));
+  if (reactor->registered() && !parsed.ok()) {
+    reactor->stream()->Abort(ToGrpcStatus(parsed));
+  } else if (reactor->registered() && !who.ok()) {
     reactor->stream()->Abort(ToGrpcStatus(who.status()));
   }
   return reactor;
 }
 
-grpc::ServerWriteReactor<v1::GenerationEvent>* VideoGenerationService::Generate(
-    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* VideoGenerationService::Generate(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* wire) {
+  v1::GenerateRequest request;
+  const absl::Status parsed = ParseRequest(*wire, &request);
   absl::StatusOr<auth::Principal> who = Who(context);
-  StreamReactor* reactor = NewStream(who, /*ends_on_terminal=*/true);
-  if (!reactor->registered() || !who.ok()) return reactor;
+  StreamReactor* reactor =
+      NewStream(who, parsed, /*ends_on_terminal=*/true, "Generate");
+  if (!reactor->registered() || !parsed.ok() || !who.ok()) return reactor;
   std::weak_ptr<EventStream> weak = reactor->stream();
   core::RequestContext ctx{TraceParentOf(*context)};
-  gateway_->Create(*who, *request, ctx,
+  gateway_->Create(*who, std::move(request), ctx,
                    [weak, who = *who](absl::StatusOr<core::GenerationPtr> g) {
                      auto stream = weak.lock();
                      if (stream == nullptr) return;  // client already gone
@@ -127,25 +141,29 @@ grpc::ServerUnaryReactor* VideoGenerationService::CreateGeneration(
   return reactor;
 }
 
-grpc::ServerWriteReactor<v1::GenerationEvent>*
-VideoGenerationService::WatchGeneration(
-    grpc::CallbackServerContext* context,
-    const v1::WatchGenerationRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>*
+VideoGenerationService::WatchGeneration(grpc::CallbackServerContext* context,
+                                        const grpc::ByteBuffer* wire) {
+  v1::WatchGenerationRequest request;
+  const absl::Status parsed = ParseRequest(*wire, &request);
   absl::StatusOr<auth::Principal> who = Who(context);
-  StreamReactor* reactor = NewStream(who, /*ends_on_terminal=*/true);
-  if (!reactor->registered() || !who.ok()) return reactor;
-  reactor->stream()->WatchOne(*who, request->id(), request->after_revision());
+  StreamReactor* reactor =
+      NewStream(who, parsed, /*ends_on_terminal=*/true, "WatchGeneration");
+  if (!reactor->registered() || !parsed.ok() || !who.ok()) return reactor;
+  reactor->stream()->WatchOne(*who, request.id(), request.after_revision());
   return reactor;
 }
 
-grpc::ServerWriteReactor<v1::GenerationEvent>*
-VideoGenerationService::WatchGenerations(
-    grpc::CallbackServerContext* context,
-    const v1::WatchGenerationsRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>*
+VideoGenerationService::WatchGenerations(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* wire) {
+  v1::WatchGenerationsRequest request;
+  const absl::Status parsed = ParseRequest(*wire, &request);
   absl::StatusOr<auth::Principal> who = Who(context);
-  StreamReactor* reactor = NewStream(who, /*ends_on_terminal=*/false);
-  if (!reactor->registered() || !who.ok()) return reactor;
-  reactor->stream()->WatchAll(*who, *request);
+  StreamReactor* reactor =
+      NewStream(who, parsed, /*ends_on_terminal=*/false, "WatchGenerations");
+  if (!reactor->registered() || !parsed.ok() || !who.ok()) return reactor;
+  reactor->stream()->WatchAll(*who, request);
   return reactor;
 }
 

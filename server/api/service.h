@@ -9,29 +9,40 @@
 
 namespace videogen::api {
 
+// The generated callback service with the three streaming methods raw
+// (bytes in, bytes out): their events are serialized once per change for
+// every watcher (EventStream), and they parse their own requests, so no
+// interceptor has to sit on their calls (see BadRequestInterceptorFactory).
+using StreamsRawService = v1::VideoGeneration::WithRawCallbackMethod_Generate<
+    v1::VideoGeneration::WithRawCallbackMethod_WatchGeneration<
+        v1::VideoGeneration::WithRawCallbackMethod_WatchGenerations<
+            v1::VideoGeneration::CallbackService>>>;
+
 // The VideoGeneration gRPC service on the callback API: authenticates the
 // caller, hands the request to the Gateway (validation, tenants, quotas,
 // the tracker) and maps absl::Status to grpc::Status. No thread per stream:
 // each stream is a StreamReactor. Methods run on gRPC callback threads; the
 // service itself holds no mutable state.
-class VideoGenerationService final
-    : public v1::VideoGeneration::CallbackService {
+class VideoGenerationService final : public StreamsRawService {
  public:
   VideoGenerationService(Gateway* gateway, auth::Authenticator* auth,
                          StreamRegistry* registry);
 
-  grpc::ServerWriteReactor<v1::GenerationEvent>* Generate(
+  // Streaming methods: the request is a serialized GenerateRequest,
+  // WatchGenerationRequest or WatchGenerationsRequest; each message written
+  // is a serialized GenerationEvent.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(
       grpc::CallbackServerContext* context,
-      const v1::GenerateRequest* request) override;
+      const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* CreateGeneration(
       grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
       v1::Generation* response) override;
-  grpc::ServerWriteReactor<v1::GenerationEvent>* WatchGeneration(
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchGeneration(
       grpc::CallbackServerContext* context,
-      const v1::WatchGenerationRequest* request) override;
-  grpc::ServerWriteReactor<v1::GenerationEvent>* WatchGenerations(
+      const grpc::ByteBuffer* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* WatchGenerations(
       grpc::CallbackServerContext* context,
-      const v1::WatchGenerationsRequest* request) override;
+      const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* GetGeneration(
       grpc::CallbackServerContext* context,
       const v1::GetGenerationRequest* request,
@@ -47,9 +58,11 @@ class VideoGenerationService final
 
  private:
   absl::StatusOr<auth::Principal> Who(grpc::CallbackServerContext* context);
-  // A stream reactor for `who`; finished at once with `who`'s error.
+  // A stream reactor for `who` on `method`, whose request parsed into
+  // `parsed`; finished at once with that error or `who`'s.
   StreamReactor* NewStream(const absl::StatusOr<auth::Principal>& who,
-                           bool ends_on_terminal);
+                           const absl::Status& parsed, bool ends_on_terminal,
+                           const char* method);
 
   Gateway* const gateway_;
   auth::Authenticator* const auth_;

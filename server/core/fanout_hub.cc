@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/core/generation_record.h"
+#include "server/util/thread_name.h"
 
 namespace videogen::core {
 namespace {
@@ -78,6 +79,7 @@ int64_t FanoutHub::subscriptions() {
 }
 
 void FanoutHub::DispatchLoop() {
+  util::NameThisThread("vg-fanout");
   while (true) {
     std::deque<store::Change> batch;
     {

@@ -31,6 +31,7 @@
 #include "server/upstream/http_errors.h"
 #include "server/upstream/parse.h"
 #include "server/upstream/sanitize.h"
+#include "server/util/thread_name.h"
 
 namespace videogen::upstream {
 namespace {
@@ -481,6 +482,7 @@ UpstreamCounters AimlApiUpstream::Loop::counters() const {
 }
 
 void AimlApiUpstream::Loop::Run() {
+  util::NameThisThread("vg-upstream");
   inbox_->BindLoopThread();
   while (TakeIncoming()) {
     absl::Time now = absl::Now();

@@ -10,6 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/util/thread_name.h"
 
 namespace videogen::util {
 namespace {
@@ -28,7 +29,10 @@ std::string Timestamp() {
 class Writer {
  public:
   Writer() {
-    std::thread([this] { Loop(); }).detach();
+    std::thread([this] {
+      NameThisThread("vg-log");
+      Loop();
+    }).detach();
   }
 
   void Push(std::string line) {

@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "server/util/proto_time.h"
+#include "server/util/thread_name.h"
 #include "server/webhooks/retry_schedule.h"
 #include "server/webhooks/signature.h"
 #include "server/webhooks/url_policy.h"
@@ -336,6 +337,7 @@ int Dispatcher::Loop::ClaimLimit() const {
 }
 
 void Dispatcher::Loop::Run() {
+  util::NameThisThread("vg-webhooks");
   bool kicked = false;
   while (TakeSignals(&kicked)) {
     absl::Time now = absl::Now();

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/store/pg/schema.h"
+#include "server/util/thread_name.h"
 
 namespace videogen::store::pg {
 namespace {
@@ -435,6 +436,7 @@ absl::Status PgChangeFeed::Session(PGconn* conn) {
 }
 
 void PgChangeFeed::Run() {
+  util::NameThisThread("vg-pg-listen");
   std::minstd_rand jitter(
       static_cast<unsigned>(::getpid()) ^
       static_cast<unsigned>(absl::ToUnixNanos(absl::Now())));

@@ -117,7 +117,8 @@ void RenderWatchers(const Report& rep, std::string& md) {
             "Settings: %d generations per run, watchers spread evenly over "
             "them, %d streams per client connection; sim generating for %s "
             "after the queued time below; server `--store=memory "
-            "--poll_interval=%s --heartbeat_interval=15s`. RSS per stream = "
+            "--poll_interval=%s --heartbeat_interval=%s` (no heartbeat during "
+            "a run: the bare server sends none). RSS per stream = "
             "(RSS right after the last attach − RSS before the first) / "
             "watchers. CPU = server user+system seconds from before the "
             "first attach to the last stream's end. When runs > 1 the runs are "
@@ -125,7 +126,8 @@ void RenderWatchers(const Report& rep, std::string& md) {
             "are means, peak RSS and attach time are maxima.\n\n",
             o.generations, o.streams_per_channel,
             absl::FormatDuration(o.generating_for),
-            absl::FormatDuration(o.poll_interval)),
+            absl::FormatDuration(o.poll_interval),
+            absl::FormatDuration(kBenchHeartbeat)),
         md.substr(md.rfind("| watchers |")));
   }
   for (const WatchPair& p : rep.watchers) {
@@ -148,6 +150,14 @@ void RenderWatchers(const Report& rep, std::string& md) {
           p.n, v.avg_update_bytes, b.avg_update_bytes,
           absl::FormatDuration(p.queued_for), p.videogen.result.late,
           p.bare.result.late, Rounds(p.videogen.result), Rounds(p.bare.result));
+      notes += absl::StrFormat(
+          "  Server CPU until every stream is attached: videogen %.2f s, bare "
+          "%.2f s; after it (fan-out, and for videogen also polling the sim "
+          "every %s while the jobs run): videogen %.2f s, bare %.2f s.\n",
+          p.videogen.cpu_attach_seconds, p.bare.cpu_attach_seconds,
+          absl::FormatDuration(rep.watch_options.poll_interval),
+          p.videogen.cpu_seconds - p.videogen.cpu_attach_seconds,
+          p.bare.cpu_seconds - p.bare.cpu_attach_seconds);
       if (p.p99_us.size() > 1) {
         notes += absl::StrCat("  Runs pooled: ", p.p99_us.size(),
                               "; p99 per run, videogen / bare:");

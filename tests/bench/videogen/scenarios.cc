@@ -65,7 +65,12 @@ absl::StatusOr<std::string> StartServer(const Paths& p, Child& server,
       "--max_streams_per_tenant=100000", "--mirror=none",
       absl::StrCat("--poll_initial_delay=", Dur(initial_delay)),
       absl::StrCat("--poll_interval=", Dur(interval)),
-      "--heartbeat_interval=15s", "--log_format=json"};
+      // Longer than any run: the bare server sends no heartbeats, so with
+      // them on videogen alone would write one more message per idle
+      // stream (10k writes, as much as a fan-out round) while the sim keeps
+      // the jobs queued.
+      absl::StrCat("--heartbeat_interval=", Dur(kBenchHeartbeat)),
+      "--log_format=json"};
   args.insert(args.end(), extra.begin(), extra.end());
   absl::Status s =
       server.Start(args, {{"AIMLAPI_KEY", kSimKey}}, LogPath(p, name));
@@ -172,6 +177,7 @@ WatchRun RunVideogenWatchers(const Paths& p, const WatchOptions& o, int n) {
     pool.Start(*ids, n);
     pool.WaitAttached(o.queued_for + absl::Seconds(120));
     run.rss_attached = RssBytes(server.pid());
+    run.cpu_attach_seconds = CpuSeconds(server.pid()) - cpu0;
     pool.WaitDone(o.queued_for + o.generating_for + absl::Seconds(60));
     run.result = pool.Collect();
   }
@@ -198,6 +204,8 @@ void Merge(WatchRun& into, const WatchRun& from) {
   into.rss_attached = mean(into.rss_attached, from.rss_attached);
   into.rss_peak = std::max(into.rss_peak, from.rss_peak);
   into.cpu_seconds = (into.cpu_seconds * n + from.cpu_seconds) / (n + 1);
+  into.cpu_attach_seconds =
+      (into.cpu_attach_seconds * n + from.cpu_attach_seconds) / (n + 1);
   WatchResult& r = into.result;
   const WatchResult& f = from.result;
   r.streams += f.streams;
@@ -274,6 +282,7 @@ WatchRun RunBareWatchers(const Paths& p, const WatchOptions& o, int n,
     pool.Start(ids, n);
     pool.WaitAttached(absl::Seconds(120));
     run.rss_attached = RssBytes(bare.pid());
+    run.cpu_attach_seconds = CpuSeconds(bare.pid()) - cpu0;
     const absl::Time t0 = absl::Now() + absl::Seconds(1);
     for (const Change& c : schedule) {
       absl::SleepFor(t0 + absl::Nanoseconds(c.observe_ns) - absl::Now());

@@ -30,15 +30,19 @@ struct WatchOptions {
 };
 
 // One server's side of the watchers scenario.
+// videogen's --heartbeat_interval in every scenario (see StartServer).
+inline constexpr absl::Duration kBenchHeartbeat = absl::Seconds(300);
+
 struct WatchRun {
   bool ran = false;
   int runs = 0;         // repeats merged into this one (see Merge)
   std::string failure;  // why it did not run, when !ran
   WatchResult result;
-  int64_t rss_before = -1;    // bytes, before any watcher
-  int64_t rss_attached = -1;  // bytes, right after the last attach
-  int64_t rss_peak = -1;      // VmHWM at the end
-  double cpu_seconds = 0;     // from before the first attach to the end
+  int64_t rss_before = -1;        // bytes, before any watcher
+  int64_t rss_attached = -1;      // bytes, right after the last attach
+  int64_t rss_peak = -1;          // VmHWM at the end
+  double cpu_seconds = 0;         // from before the first attach to the end
+  double cpu_attach_seconds = 0;  // the part until every stream is attached
 };
 
 struct WatchPair {
