@@ -268,10 +268,11 @@ void Server::Impl::Drain() {
   if (grpc_ != nullptr) grpc_->GetHealthCheckService()->SetServingStatus(false);
   if (registry_ != nullptr) registry_->Drain();  // watchers resume elsewhere
   if (http_ != nullptr) http_->Drain();
-  // Unary calls (a create waiting for its submit) get until the deadline.
-  // gRPC's Shutdown waits for every call to finish, and a create finishes
-  // only when its submit answers: so at the deadline the tracker stops,
-  // which answers those creates UNAVAILABLE, and Shutdown can return.
+  // Unary calls (a create waiting for its submit) get until the deadline,
+  // on both edges. gRPC's Shutdown waits for every call to finish, and a
+  // create finishes only when its submit answers: so at the deadline the
+  // tracker stops, which answers those creates UNAVAILABLE (HTTP 503), and
+  // Shutdown can return.
   absl::Notification shut;
   std::thread shutdown([&] {
     if (grpc_ != nullptr) {
@@ -281,6 +282,7 @@ void Server::Impl::Drain() {
     shut.Notify();
   });
   shut.WaitForNotificationWithDeadline(deadline);
+  if (http_ != nullptr) http_->AwaitRequests(deadline);
   if (tracker_ != nullptr) tracker_->Stop();
   shutdown.join();
   if (registry_ != nullptr) registry_->AwaitEmpty(absl::Seconds(1));

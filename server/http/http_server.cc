@@ -294,6 +294,21 @@ class HttpServer::Core : public std::enable_shared_from_this<Core> {
     post_reply(std::move(session));  // only posts: never runs inline
   }
 
+  bool draining() {
+    absl::MutexLock lock(&mu_);
+    return draining_;
+  }
+
+  // Waits until no request is parked (a create waiting for its submit, a
+  // call on a worker) or `deadline` passes. True when none is.
+  bool AwaitNoneParked(absl::Time deadline) {
+    absl::MutexLock lock(&mu_);
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return parked_.empty() || stopping_;
+    };
+    return mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
+  }
+
   // Counts a new stream against max_streams.
   absl::Status RegisterStream(std::shared_ptr<StreamSink> sink,
                               std::weak_ptr<SseStream> stream, uint64_t* id) {
@@ -531,6 +546,13 @@ void RunApiCall(Core& core, const ApiCall& call, const Respond& respond) {
       v1::GenerateRequest req;
       if (absl::Status s = FromJson(call.body, &req); !s.ok()) {
         return respond(ErrorReply(s));
+      }
+      if (core.draining()) {
+        // As gRPC refuses new calls once it shuts down: nothing new is
+        // sent upstream from a replica that is going away.
+        return respond(ErrorReply(absl::UnavailableError(
+            "this server is shutting down; send the create to another "
+            "replica (the same request_id joins it if it was made)")));
       }
       core::RequestContext ctx;
       ctx.traceparent = call.traceparent;
@@ -1197,6 +1219,11 @@ void HttpServer::Drain() {
           "another replica"));
     });
   }
+}
+
+bool HttpServer::AwaitRequests(absl::Time deadline) {
+  if (!started_ || stopped_) return true;
+  return core_->AwaitNoneParked(deadline);
 }
 
 void HttpServer::Stop() {

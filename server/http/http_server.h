@@ -98,6 +98,10 @@ class HttpServer {
   // Last-Event-ID, to another replica) and refuses new ones with 503. Unary
   // requests are still served. Returns at once; streams end on the loop.
   void Drain();
+  // Waits until no request is in flight (a create waiting for its submit
+  // gets its answer) or `deadline`. True when none is. For drain: creates
+  // get --drain_grace over HTTP as over gRPC.
+  bool AwaitRequests(absl::Time deadline);
   // Closes the listener and every connection, unsubscribes every stream from
   // the gateway and joins the threads. Idempotent.
   void Stop();

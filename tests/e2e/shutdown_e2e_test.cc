@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "httplib.h"
 #include "tests/e2e/harness.h"
 
 namespace videogen::e2e {
@@ -143,6 +144,55 @@ TEST(ShutdownE2eTest, MetricsScrapesDuringShutdownDoNotCrash) {
     EXPECT_EQ(*code, 0) << "round " << round << "\n"
                         << server.process->Stderr();
   }
+}
+
+// Over HTTP a create waiting for its submit gets the grace too (before: the
+// drain waited only for gRPC calls, so the HTTP create was answered 503
+// within milliseconds of SIGTERM), and a create arriving during the drain is
+// refused before anything is sent upstream.
+TEST(ShutdownE2eTest, SigtermGivesAnHttpCreateWaitingUpstreamTheGrace) {
+  // Every create is made upstream, then answered after 1.5 s.
+  Sim sim = StartSim(
+      {"--fault=create:create_then_slow:every=1", "--slow_delay=1500ms"});
+  const int http_port = FreePort();
+  Server server =
+      StartServer(sim.url, {absl::StrCat("--http_listen=127.0.0.1:", http_port),
+                            "--drain_grace=5s"});
+  const httplib::Headers auth = {
+      {"Authorization", absl::StrCat("Bearer ", server.admin_key)}};
+  int status = 0;
+  std::string body;
+  std::thread client([&] {
+    httplib::Client http("127.0.0.1", http_port);
+    http.set_read_timeout(30, 0);
+    auto res = http.Post("/v1/generations", auth, R"({"prompt": "a slow fox"})",
+                         "application/json");
+    if (res) {
+      status = res->status;
+      body = res->body;
+    }
+  });
+  const bool submitted = AwaitSubmits(sim, 1, absl::Seconds(20));
+  if (!submitted) client.join();
+  ASSERT_TRUE(submitted) << status << " " << body;
+  const absl::Time start = absl::Now();
+  server.process->Signal(SIGTERM);
+  absl::SleepFor(absl::Milliseconds(300));
+  httplib::Client late("127.0.0.1", http_port);
+  late.set_read_timeout(10, 0);
+  auto refused = late.Post("/v1/generations", auth, R"({"prompt": "too late"})",
+                           "application/json");
+  std::optional<int> code = server.process->Wait(absl::Seconds(5 + 10));
+  const absl::Duration took = absl::Now() - start;
+  client.join();
+  ASSERT_TRUE(code.has_value()) << "no exit 15 s after SIGTERM";
+  EXPECT_EQ(*code, 0) << server.process->Stderr();
+  EXPECT_EQ(status, 200) << body;
+  EXPECT_NE(body.find("STATE_QUEUED"), std::string::npos) << body;
+  EXPECT_LT(took, absl::Seconds(5 + 2)) << took;
+  ASSERT_TRUE(refused != nullptr);
+  EXPECT_EQ(refused->status, 503) << refused->body;
+  EXPECT_EQ(sim.Stats()["submits"].get<int64_t>(), 1);
 }
 
 // The logger writes from its own thread and drops when stderr is full: a

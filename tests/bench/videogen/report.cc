@@ -410,6 +410,15 @@ std::string TargetsTable(const Report& rep) {
                        Fixed(Ms(v.p99)), " ms vs ", Fixed(Ms(b.p99)),
                        " ms = ", Ratio(v.p99, b.p99), " | ",
                        verdict(true, v.p99 <= 1.2 * b.p99), " |\n");
+    const double vc = p10k->videogen.cpu_seconds, bc = p10k->bare.cpu_seconds;
+    md += absl::StrCat("| 10k watchers: server CPU ≤ 1.3× bare | ", Fixed(vc),
+                       " s vs ", Fixed(bc), " s = ", Ratio(vc, bc), " | ",
+                       verdict(true, vc <= 1.3 * bc), " |\n");
+    md += absl::StrCat(
+        "| 10k watchers: RSS per stream ≤ 1.2× bare | ",
+        Fixed(v.kb_per_stream, 1), " KB vs ", Fixed(b.kb_per_stream, 1),
+        " KB = ", Ratio(v.kb_per_stream, b.kb_per_stream), " | ",
+        verdict(true, v.kb_per_stream <= 1.2 * b.kb_per_stream), " |\n");
   } else {
     md += "| 10k watchers: fan-out p99 ≤ 1.2× bare | – | not measured |\n";
   }
