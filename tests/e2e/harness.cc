@@ -139,12 +139,19 @@ Process::Process(std::vector<std::string> argv,
     fcntl(pipe_fds[1], F_SETPIPE_SZ, 4096);  // one page: fills fast
     err_pipe_ = pipe_fds[0];
   }
+  // The files are emptied here, before the child exists. Their names can be
+  // an earlier process's (pids are reused, and /tmp keeps the files): when
+  // the child emptied them itself, a reader could get there first and find
+  // that process's "listening on" line, and connect to its dead port.
+  const int out =
+      open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  const int err = stderr_mode == StderrMode::kUnreadPipe
+                      ? pipe_fds[1]
+                      : open(err_path_.c_str(),
+                             O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (out < 0 || err < 0) throw std::runtime_error("cannot open " + out_path_);
   pid_ = fork();
   if (pid_ == 0) {
-    int out = open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int err = stderr_mode == StderrMode::kUnreadPipe
-                  ? pipe_fds[1]
-                  : open(err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     dup2(out, 1);
     dup2(err, 2);
     for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
@@ -154,6 +161,8 @@ Process::Process(std::vector<std::string> argv,
     execv(args[0], args.data());
     _exit(127);
   }
+  close(out);
+  if (stderr_mode != StderrMode::kUnreadPipe) close(err);
   if (pipe_fds[1] >= 0) close(pipe_fds[1]);
 }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
@@ -161,6 +162,29 @@ TEST(OpsE2eTest, UnknownMethodNamesDoNotGrowMetrics) {
   EXPECT_EQ(PromtoolCheck(after, &output), 0) << output;
   // Loose (allocator noise); before the fix it grew by ~10 MB.
   EXPECT_LT(rss_after - rss_before, 6 << 20);
+}
+
+// The harness names a child's output files by the test's pid and a counter,
+// and /tmp keeps them, so a later test process with a reused pid gets the
+// same names (pid_max is 32768 here). It once read an earlier sim's
+// "listening on" line from such a file before its own child emptied it, and
+// the test talked to a dead port ("connection refused" from a live sim, in
+// a different test each CI run). Play that earlier process: every name this
+// one could use holds a dead sim's line.
+TEST(HarnessTest, AnEarlierProcesssOutputUnderTheSameNameIsNeverRead) {
+  std::vector<std::string> planted;
+  for (int i = 1; i <= 500; ++i) {
+    for (const char* stem : {"stdout", "stderr"}) {
+      planted.push_back(absl::StrCat(::testing::TempDir(), "/", stem, "-",
+                                     getpid(), "-", i, ".log"));
+      std::ofstream(planted.back())
+          << "videogen-sim listening on http://127.0.0.1:1\n";
+    }
+  }
+  Sim sim = StartSim();
+  EXPECT_NE(sim.url, "http://127.0.0.1:1");
+  EXPECT_GE(sim.Stats().value("submits", int64_t{-1}), 0) << sim.url;
+  for (const std::string& path : planted) std::remove(path.c_str());
 }
 
 }  // namespace

@@ -78,10 +78,15 @@ std::string MakeTempDir(const std::string& stem) {
 Process::Process(std::vector<std::string> argv,
                  std::map<std::string, std::string> env)
     : out_path_(TempPath("stdout")), err_path_(TempPath("stderr")) {
+  // Emptied before the child exists: the names may be an earlier process's
+  // (see tests/e2e/harness.cc), and a reader must never see its output.
+  const int out =
+      open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  const int err =
+      open(err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (out < 0 || err < 0) throw std::runtime_error("cannot open " + out_path_);
   pid_ = fork();
   if (pid_ == 0) {
-    int out = open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int err = open(err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     dup2(out, 1);
     dup2(err, 2);
     for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
@@ -91,6 +96,8 @@ Process::Process(std::vector<std::string> argv,
     execv(args[0], args.data());
     _exit(127);
   }
+  close(out);
+  close(err);
 }
 
 Process::~Process() {
