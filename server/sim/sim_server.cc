@@ -642,8 +642,9 @@ void SimServer::Impl::Stop() {
 // libcpp-httplib 0.11 closes its listening socket on any accept() error but
 // EMFILE, EINTR and EAGAIN, and Linux reports a queued connection's network
 // error (ECONNABORTED, EPROTO, ...) through accept(): from then on the sim
-// refused every connection while its process still ran. Bind the same port
-// again and go on, and say so.
+// would refuse every connection while its process still ran. Bind the same
+// port again and go on, and say so. (A CI flake once blamed on this was the
+// e2e harness reading a stale output file: see tests/e2e/harness.cc.)
 void SimServer::Impl::Listen() {
   while (true) {
     server_.listen_after_bind();
