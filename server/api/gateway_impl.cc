@@ -23,8 +23,8 @@ void LogRejected(const v1::GenerateRequest& req, const auth::Principal& who,
                            {"tenant", who.tenant},
                            {"code", absl::StatusCodeToString(status.code())},
                            {"error", std::string(status.message())}};
-  if (ctx.traceparent.size() >= 35) {
-    fields["trace_id"] = ctx.traceparent.substr(3, 32);
+  if (const std::string id = ctx.TraceId(); !id.empty()) {
+    fields["trace_id"] = id;
   }
   Log("warn", "generation_rejected", std::move(fields));
 }

@@ -5,7 +5,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/support/interceptor.h"
-#include "videogen/v1/video_generation.grpc.pb.h"
+#include "server/api/methods.h"
 
 namespace videogen::api {
 
@@ -173,32 +173,16 @@ class GrpcMetricsInterceptor : public grpc::experimental::Interceptor {
   std::string method_;
 };
 
-bool CountsItself(const std::string& method) {
-  static const auto* streams = [] {
-    auto* names = new absl::flat_hash_set<std::string>();
-    for (const char* m : {"Generate", "WatchGeneration", "WatchGenerations"}) {
-      names->insert(
-          absl::StrCat("/", v1::VideoGeneration::service_full_name(), "/", m));
-    }
-    return names;
-  }();
-  return streams->contains(method);
-}
-
 }  // namespace
 
 // The method label: a method this server serves, or "unknown". Unknown
 // names come from clients and are unbounded: each one as its own series
 // would let anyone grow the metrics without limit.
 std::string MethodLabel(const char* method) {
+  if (method == nullptr) return "unknown";
+  if (KindOf(method) != MethodKind::kNotOurs) return method;
   static const auto* known = [] {
     auto* names = new absl::flat_hash_set<std::string>();
-    const auto* service = v1::VideoGeneration::service_full_name();
-    for (const char* m :
-         {"Generate", "CreateGeneration", "WatchGeneration", "WatchGenerations",
-          "GetGeneration", "ListGenerations", "CancelGeneration"}) {
-      names->insert(absl::StrCat("/", service, "/", m));
-    }
     names->insert("/grpc.health.v1.Health/Check");
     names->insert("/grpc.health.v1.Health/Watch");
     names->insert(
@@ -206,8 +190,7 @@ std::string MethodLabel(const char* method) {
     names->insert("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo");
     return names;
   }();
-  if (method != nullptr && known->contains(method)) return method;
-  return "unknown";
+  return known->contains(method) ? method : "unknown";
 }
 
 void CountGrpcRequest(const std::string& method, grpc::StatusCode code) {
@@ -219,7 +202,7 @@ grpc::experimental::Interceptor*
 GrpcMetricsInterceptorFactory::CreateServerInterceptor(
     grpc::experimental::ServerRpcInfo* info) {
   std::string method = MethodLabel(info->method());
-  if (CountsItself(method)) return nullptr;
+  if (KindOf(method) == MethodKind::kStreaming) return nullptr;
   return new GrpcMetricsInterceptor(std::move(method));
 }
 

@@ -2,12 +2,11 @@
 
 #include <string>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/stubs/logging.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "server/api/log.h"
-#include "videogen/v1/video_generation.grpc.pb.h"
+#include "server/api/methods.h"
 
 namespace videogen::api {
 namespace {
@@ -55,17 +54,10 @@ BadRequestInterceptorFactory::CreateServerInterceptor(
   // Only the unary methods this server serves: an unknown method's
   // UNIMPLEMENTED is the right answer, and the streaming ones parse their own
   // requests (ParseRequest).
-  static const auto* known = [] {
-    auto* names = new absl::flat_hash_set<std::string>();
-    for (const char* m : {"CreateGeneration", "GetGeneration",
-                          "ListGenerations", "CancelGeneration"}) {
-      names->insert(
-          absl::StrCat("/", v1::VideoGeneration::service_full_name(), "/", m));
-    }
-    return names;
-  }();
   const char* method = info->method();
-  if (method == nullptr || !known->contains(method)) return nullptr;
+  if (method == nullptr || KindOf(method) != MethodKind::kUnary) {
+    return nullptr;
+  }
   return new BadRequestInterceptor();
 }
 

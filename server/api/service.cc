@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/api/log.h"
+#include "server/api/methods.h"
 #include "server/api/request_errors.h"
 #include "server/api/status_map.h"
 #include "server/auth/grpc_auth.h"
@@ -56,12 +57,6 @@ grpc::Status CreateStatus(const auth::Principal& who,
   return ToGrpcStatus(status);
 }
 
-// "/videogen.v1.VideoGeneration/<method>", the metrics' method label.
-std::string MethodName(const char* method) {
-  return absl::StrCat("/", v1::VideoGeneration::service_full_name(), "/",
-                      method);
-}
-
 }  // namespace
 
 std::string TraceParentOf(const grpc::CallbackServerContext& context) {
@@ -92,7 +87,7 @@ StreamReactor* VideoGenerationService::NewStream(
     bool ends_on_terminal, const char* method) {
   auto* reactor =
       new StreamReactor(gateway_, registry_, who.ok() ? who->tenant : "",
-                        ends_on_terminal, MethodName(method));
+                        ends_on_terminal, FullMethodName(method));
   if (reactor->registered() && !parsed.ok()) {
     reactor->stream()->Abort(ToGrpcStatus(parsed));
   } else if (reactor->registered() && !who.ok()) {

@@ -81,8 +81,8 @@ CreateCallback LogCreated(const CreateRequest& request, CreateCallback done) {
   nlohmann::json fields = {{"request_id", request.request.request_id()},
                            {"model", request.request.model()},
                            {"tenant", request.tenant}};
-  if (request.ctx.traceparent.size() >= 35) {
-    fields["trace_id"] = request.ctx.traceparent.substr(3, 32);
+  if (const std::string id = request.ctx.TraceId(); !id.empty()) {
+    fields["trace_id"] = id;
   }
   return [fields = std::move(fields),
           done = std::move(done)](absl::StatusOr<GenerationPtr> g) mutable {

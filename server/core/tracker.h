@@ -67,6 +67,12 @@ struct TrackerOptions {
 // Per-request context passed through to the upstream.
 struct RequestContext {
   std::string traceparent;  // W3C trace context, may be empty
+
+  // The trace id in `traceparent` (32 hex digits), or "" without one: the
+  // `trace_id` of log lines.
+  std::string TraceId() const {
+    return traceparent.size() >= 35 ? traceparent.substr(3, 32) : "";
+  }
 };
 
 // A validated, defaulted create from the edge.
