@@ -170,7 +170,10 @@ class BareService : public v1::VideoGeneration::CallbackService {
       reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "control"));
       return reactor;
     }
-    Job job{id.substr(id.find(':') + 1), final};
+    // Stamped on receipt, as videogen stamps a change when its tracker
+    // writes the poll's answer: a change that waits behind an earlier
+    // round counts the wait in both servers.
+    Job job{id.substr(id.find(':') + 1), final, absl::Now()};
     if (fanout_in_handler_) {
       Broadcast(job);
     } else {
@@ -185,6 +188,7 @@ class BareService : public v1::VideoGeneration::CallbackService {
   struct Job {
     std::string group;
     bool final = false;
+    absl::Time observed;
   };
 
   void BroadcastLoop() {
@@ -205,13 +209,12 @@ class BareService : public v1::VideoGeneration::CallbackService {
   }
 
   void Broadcast(const Job& job) {
-    // Stamped before the fan-out, as videogen stamps the poll's answer.
     GenerationEvent event = RepresentativeEvent(
         GenerationEvent::TYPE_UPDATE,
         job.final ? Generation::STATE_COMPLETED : Generation::STATE_GENERATING,
         ++revision_);
     event.mutable_generation()->set_id(job.group);
-    *event.mutable_observe_time() = Stamp(absl::Now());
+    *event.mutable_observe_time() = Stamp(job.observed);
     registry_.Broadcast(
         job.group, std::make_shared<const GenerationEvent>(std::move(event)),
         job.final);

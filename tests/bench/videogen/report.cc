@@ -563,9 +563,13 @@ std::string RenderMarkdown(const Report& rep) {
       "run.\n";
   md +=
       "- The bare server replays videogen's change schedule from the same "
-      "run: the same generation groups, number of UPDATEs and spacing. "
-      "Each change of one generation is one fan-out round to its "
-      "watchers.\n";
+      "run: the same generation groups, number of UPDATEs and spacing "
+      "(each change is sent at its time, without waiting for the answer "
+      "to the one before). Each change of one generation is one fan-out "
+      "round to its watchers. Both servers stamp `observe_time` when they "
+      "learn of a change (videogen: its tracker writes the poll's answer; "
+      "bare: the control call arrives), so a round that waits behind an "
+      "earlier one counts the wait in both.\n";
   md += TargetsTable(rep);
   RenderWatchers(rep, md);
   RenderThroughput(rep, md);

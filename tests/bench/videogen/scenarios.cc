@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
 #include "tests/bench/videogen/bare_server.h"
@@ -254,6 +255,46 @@ std::vector<Change> BareSchedule(const std::vector<Change>& changes, int groups,
   return out;
 }
 
+// One control call of the replay; freed when the last one is answered.
+struct ControlCall {
+  grpc::ClientContext context;
+  v1::GetGenerationRequest request;
+  v1::Generation response;
+};
+
+// Sends each change at its time without waiting for the previous answer: a
+// blocking call answered late by a busy server would push the later changes
+// apart, and the bare server would fan out rounds that overlapped in
+// videogen's run one after the other.
+void ReplaySchedule(v1::VideoGeneration::Stub* control,
+                    const std::vector<Change>& schedule) {
+  std::vector<std::unique_ptr<ControlCall>> calls;
+  absl::Mutex mu;
+  int answered = 0;
+  const absl::Time t0 = absl::Now() + absl::Seconds(1);
+  for (const Change& c : schedule) {
+    absl::SleepFor(t0 + absl::Nanoseconds(c.observe_ns) - absl::Now());
+    auto call = std::make_unique<ControlCall>();
+    call->request.set_id(
+        absl::StrCat(c.final ? "broadcast-final:" : "broadcast:", c.id));
+    control->async()->GetGeneration(
+        &call->context, &call->request, &call->response,
+        [&mu, &answered](grpc::Status st) {
+          if (!st.ok()) {
+            std::fprintf(stderr, "[bench]   broadcast failed: %s\n",
+                         st.error_message().c_str());
+          }
+          absl::MutexLock lock(&mu);
+          ++answered;
+        });
+    calls.push_back(std::move(call));
+  }
+  const int sent = static_cast<int>(calls.size());
+  auto all_answered = [&answered, sent] { return answered >= sent; };
+  absl::MutexLock lock(&mu);
+  mu.Await(absl::Condition(&all_answered));
+}
+
 }  // namespace
 
 WatchRun RunBareWatchers(const Paths& p, const WatchOptions& o, int n,
@@ -283,20 +324,7 @@ WatchRun RunBareWatchers(const Paths& p, const WatchOptions& o, int n,
     pool.WaitAttached(absl::Seconds(120));
     run.rss_attached = RssBytes(bare.pid());
     run.cpu_attach_seconds = CpuSeconds(bare.pid()) - cpu0;
-    const absl::Time t0 = absl::Now() + absl::Seconds(1);
-    for (const Change& c : schedule) {
-      absl::SleepFor(t0 + absl::Nanoseconds(c.observe_ns) - absl::Now());
-      grpc::ClientContext ctx;
-      v1::GetGenerationRequest req;
-      req.set_id(
-          absl::StrCat(c.final ? "broadcast-final:" : "broadcast:", c.id));
-      v1::Generation g;
-      grpc::Status st = control->GetGeneration(&ctx, req, &g);
-      if (!st.ok()) {
-        std::fprintf(stderr, "[bench]   broadcast failed: %s\n",
-                     st.error_message().c_str());
-      }
-    }
+    ReplaySchedule(control.get(), schedule);
     pool.WaitDone(absl::Seconds(60));
     run.result = pool.Collect();
   }
