@@ -106,18 +106,19 @@ void EventStream::OnEvent(core::EventPtr event) {
     } else {
       newest_[id] = g.revision();
     }
-    auto [it, inserted] = pending_.try_emplace(id, event);
-    if (inserted) {
+    if (ends_on_terminal_) {
+      // One generation: only its newest event waits (no map, no copy of
+      // the id), and the terminal one ends the stream after it is written.
+      if (g.done()) finish_ = grpc::Status::OK;
+      next_ = std::move(event);
+    } else if (auto [it, inserted] = pending_.try_emplace(id, event);
+               inserted) {
       order_.push_back(id);
     } else {
-      it->second = event;  // coalesce to the newest
-    }
-    if (ends_on_terminal_ && g.done()) {
-      finish_ = grpc::Status::OK;  // written after the terminal event
+      it->second = std::move(event);  // coalesce to the newest
     }
     if (pending_.size() > max_backlog_) {
-      pending_.clear();
-      order_.clear();
+      ClearPendingLocked();
       newest_.clear();
       finish_ = grpc::Status(
           grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -127,6 +128,16 @@ void EventStream::OnEvent(core::EventPtr event) {
     }
   }
   Pump();
+}
+
+bool EventStream::HasPendingLocked() const {
+  return next_ != nullptr || !order_.empty();
+}
+
+void EventStream::ClearPendingLocked() {
+  next_ = nullptr;
+  pending_.clear();
+  order_.clear();
 }
 
 void EventStream::WatchOne(const auth::Principal& who, const std::string& id,
@@ -180,7 +191,7 @@ void EventStream::MaybeHeartbeat(absl::Time now, absl::Duration interval) {
   {
     absl::MutexLock lock(&mu_);
     if (done_ || finish_.has_value() || in_flight_ != nullptr ||
-        !pending_.empty() || !IdleSince(absl::ToUnixNanos(now - interval))) {
+        HasPendingLocked() || !IdleSince(absl::ToUnixNanos(now - interval))) {
       return;
     }
     auto beat = std::make_shared<v1::GenerationEvent>();
@@ -188,8 +199,12 @@ void EventStream::MaybeHeartbeat(absl::Time now, absl::Duration interval) {
     beat->mutable_generation()->set_id(generation_id_);
     beat->mutable_generation()->set_revision(last_revision_);
     beat->mutable_observe_time()->set_seconds(absl::ToUnixSeconds(now));
-    pending_.emplace("", std::move(beat));
-    order_.push_back("");
+    if (ends_on_terminal_) {
+      next_ = std::move(beat);
+    } else {
+      pending_.emplace("", std::move(beat));
+      order_.push_back("");
+    }
   }
   Pump();
 }
@@ -198,8 +213,7 @@ void EventStream::Abort(const grpc::Status& status) {
   {
     absl::MutexLock lock(&mu_);
     if (finish_called_) return;
-    pending_.clear();
-    order_.clear();
+    ClearPendingLocked();
     finish_ = status;
   }
   Pump();
@@ -214,8 +228,7 @@ void EventStream::OnWriteDone(bool ok) {
                             std::memory_order_relaxed);
     if (!ok && !finish_called_) {
       // The client is gone; nothing more can be written.
-      pending_.clear();
-      order_.clear();
+      ClearPendingLocked();
       finish_ = grpc::Status(grpc::StatusCode::CANCELLED, "stream broken");
     }
   }
@@ -228,8 +241,7 @@ void EventStream::OnDone() {
     absl::MutexLock lock(&mu_);
     done_ = true;
     reactor_ = nullptr;
-    pending_.clear();
-    order_.clear();
+    ClearPendingLocked();
     subscription = subscription_;
     subscription_ = 0;
   }
@@ -240,11 +252,16 @@ EventStream::Action EventStream::NextLocked(const v1::GenerationEvent** event,
                                             const grpc::ByteBuffer** wire,
                                             grpc::Status* status) {
   if (done_ || finish_called_ || in_flight_ != nullptr) return Action::kNone;
-  if (!order_.empty()) {
+  if (next_ != nullptr) {
+    in_flight_ = std::move(next_);
+    next_ = nullptr;
+  } else if (!order_.empty()) {
     auto it = pending_.find(order_.front());
     order_.pop_front();
     in_flight_ = std::move(it->second);
     pending_.erase(it);
+  }
+  if (in_flight_ != nullptr) {
     in_flight_wire_ = Wire(in_flight_);
     *event = in_flight_.get();
     *wire = &in_flight_wire_;

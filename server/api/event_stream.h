@@ -74,6 +74,8 @@ class EventStream : public core::EventSink,
   Action NextLocked(const v1::GenerationEvent** event,
                     const grpc::ByteBuffer** wire, grpc::Status* status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool HasPendingLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ClearPendingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Pump();
   void SetSubscription(uint64_t id);
 
@@ -84,6 +86,9 @@ class EventStream : public core::EventSink,
 
   absl::Mutex mu_;
   Reactor* reactor_ ABSL_GUARDED_BY(mu_);
+  // The next event of a single-generation stream (newest wins).
+  core::EventPtr next_ ABSL_GUARDED_BY(mu_);
+  // The firehose's pending events, newest per generation, in arrival order.
   std::map<std::string, core::EventPtr> pending_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> order_ ABSL_GUARDED_BY(mu_);
   core::EventPtr in_flight_ ABSL_GUARDED_BY(mu_);

@@ -11,11 +11,13 @@
 namespace videogen::core {
 namespace {
 
-EventPtr MakeEvent(v1::GenerationEvent::Type type, const v1::Generation& g,
+// Takes `g` by value: a caller that owns its copy moves it in (a snapshot's
+// record was read for this one event), saving a deep copy per watcher.
+EventPtr MakeEvent(v1::GenerationEvent::Type type, v1::Generation g,
                    absl::Time observed) {
   auto event = std::make_shared<v1::GenerationEvent>();
   event->set_type(type);
-  *event->mutable_generation() = g;
+  *event->mutable_generation() = std::move(g);
   *event->mutable_observe_time() = ToTimestamp(observed);
   return event;
 }
@@ -156,12 +158,13 @@ absl::StatusOr<Subscription> FanoutHub::Subscribe(
     Unsubscribe(sub);
     return error;
   }
-  const v1::Generation& g = (*r)->generation;
+  v1::Generation& g = (*r)->generation;
+  const bool done = g.done();
   if (g.revision() > after_revision) {
-    sink->OnEvent(
-        MakeEvent(v1::GenerationEvent::TYPE_SNAPSHOT, g, clock_->Now()));
+    sink->OnEvent(MakeEvent(v1::GenerationEvent::TYPE_SNAPSHOT, std::move(g),
+                            clock_->Now()));
   }
-  if (g.done()) {
+  if (done) {
     Unsubscribe(sub);
     return Subscription{0, true};
   }
@@ -205,7 +208,8 @@ absl::StatusOr<Subscription> FanoutHub::SubscribeAll(
   }
   const absl::Time now = clock_->Now();
   for (auto it = running.rbegin(); it != running.rend(); ++it) {
-    sink->OnEvent(MakeEvent(v1::GenerationEvent::TYPE_SNAPSHOT, *it, now));
+    sink->OnEvent(
+        MakeEvent(v1::GenerationEvent::TYPE_SNAPSHOT, std::move(*it), now));
   }
   return Subscription{sub, false};
 }
