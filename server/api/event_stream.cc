@@ -16,6 +16,7 @@ namespace {
 
 // Time from the server observing a change to handing it to this stream.
 void RecordFanout(const v1::GenerationEvent& event) {
+  if (!Metrics::Global().enabled()) return;  // once per write: stay cheap
   const absl::Time observed =
       absl::FromUnixSeconds(event.observe_time().seconds()) +
       absl::Nanoseconds(event.observe_time().nanos());
@@ -88,6 +89,7 @@ EventStream::EventStream(Reactor* reactor, Gateway* gateway,
       last_activity_ns_(absl::ToUnixNanos(absl::Now())) {}
 
 void EventStream::OnEvent(core::EventPtr event) {
+  Step step;
   {
     absl::MutexLock lock(&mu_);
     if (finish_.has_value() || done_) return;
@@ -126,8 +128,9 @@ void EventStream::OnEvent(core::EventPtr event) {
                        " events behind because the client stopped reading; "
                        "open a new stream (it starts with fresh snapshots)"));
     }
+    step = NextLocked();
   }
-  Pump();
+  Perform(step);
 }
 
 bool EventStream::HasPendingLocked() const {
@@ -220,6 +223,7 @@ void EventStream::Abort(const grpc::Status& status) {
 }
 
 void EventStream::OnWriteDone(bool ok) {
+  Step step;
   {
     absl::MutexLock lock(&mu_);
     in_flight_ = nullptr;
@@ -231,8 +235,9 @@ void EventStream::OnWriteDone(bool ok) {
       ClearPendingLocked();
       finish_ = grpc::Status(grpc::StatusCode::CANCELLED, "stream broken");
     }
+    step = NextLocked();
   }
-  Pump();
+  Perform(step);
 }
 
 void EventStream::OnDone() {
@@ -248,10 +253,10 @@ void EventStream::OnDone() {
   if (subscription != 0) gateway_->Unwatch(subscription);
 }
 
-EventStream::Action EventStream::NextLocked(const v1::GenerationEvent** event,
-                                            const grpc::ByteBuffer** wire,
-                                            grpc::Status* status) {
-  if (done_ || finish_called_ || in_flight_ != nullptr) return Action::kNone;
+EventStream::Step EventStream::NextLocked() {
+  Step step;
+  step.reactor = reactor_;
+  if (done_ || finish_called_ || in_flight_ != nullptr) return step;
   if (next_ != nullptr) {
     in_flight_ = std::move(next_);
     next_ = nullptr;
@@ -263,41 +268,43 @@ EventStream::Action EventStream::NextLocked(const v1::GenerationEvent** event,
   }
   if (in_flight_ != nullptr) {
     in_flight_wire_ = Wire(in_flight_);
-    *event = in_flight_.get();
-    *wire = &in_flight_wire_;
-    return Action::kWrite;
-  }
-  if (finish_.has_value()) {
+    step.action = Step::Action::kWrite;
+    step.event = in_flight_.get();
+    step.wire = &in_flight_wire_;
+  } else if (finish_.has_value()) {
     finish_called_ = true;
-    *status = *finish_;
-    return Action::kFinish;
+    step.action = Step::Action::kFinish;
+    step.status = *finish_;
   }
-  return Action::kNone;
+  return step;
 }
 
 void EventStream::Pump() {
-  const v1::GenerationEvent* event = nullptr;
-  const grpc::ByteBuffer* wire = nullptr;
-  grpc::Status status;
-  Reactor* reactor;
-  Action action;
+  Step step;
   {
     absl::MutexLock lock(&mu_);
-    action = NextLocked(&event, &wire, &status);
-    reactor = reactor_;
+    step = NextLocked();
   }
+  Perform(step);
+}
+
+void EventStream::Perform(const Step& step) {
   // Unlocked: gRPC may run OnWriteDone inline. The reactor stays alive: it
-  // is freed only in OnDone, which cannot come before Finish. `event` and
-  // `wire` stay too: only OnWriteDone lets go of them.
-  if (action == Action::kWrite) {
-    if (event->type() != v1::GenerationEvent::TYPE_HEARTBEAT) {
-      RecordFanout(*event);
-    }
-    reactor->StartWrite(wire);
-  }
-  if (action == Action::kFinish) {
-    CountGrpcRequest(method_, status.error_code());
-    reactor->Finish(status);
+  // is freed only in OnDone, which cannot come before Finish. The event and
+  // its bytes stay too: only OnWriteDone lets go of them.
+  switch (step.action) {
+    case Step::Action::kWrite:
+      if (step.event->type() != v1::GenerationEvent::TYPE_HEARTBEAT) {
+        RecordFanout(*step.event);
+      }
+      step.reactor->StartWrite(step.wire);
+      break;
+    case Step::Action::kFinish:
+      CountGrpcRequest(method_, step.status.error_code());
+      step.reactor->Finish(step.status);
+      break;
+    case Step::Action::kNone:
+      break;
   }
 }
 

@@ -69,11 +69,17 @@ class EventStream : public core::EventSink,
   void OnDone();
 
  private:
-  enum class Action { kNone, kWrite, kFinish };
-  // Decides the next step under the lock; Perform runs it unlocked.
-  Action NextLocked(const v1::GenerationEvent** event,
-                    const grpc::ByteBuffer** wire, grpc::Status* status)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What to do next with the reactor, decided under the lock and done
+  // outside it (gRPC may call back inline).
+  struct Step {
+    enum class Action { kNone, kWrite, kFinish } action = Action::kNone;
+    Reactor* reactor = nullptr;
+    const v1::GenerationEvent* event = nullptr;  // kWrite
+    const grpc::ByteBuffer* wire = nullptr;      // kWrite
+    grpc::Status status;                         // kFinish
+  };
+  Step NextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Perform(const Step& step);
   bool HasPendingLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ClearPendingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Pump();

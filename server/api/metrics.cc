@@ -194,6 +194,7 @@ std::string MethodLabel(const char* method) {
 }
 
 void CountGrpcRequest(const std::string& method, grpc::StatusCode code) {
+  if (!Metrics::Global().enabled()) return;  // one per stream: skip the labels
   Metrics::Global().Add("videogen_grpc_requests_total",
                         {{"method", method}, {"code", CodeName(code)}});
 }

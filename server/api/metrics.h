@@ -51,6 +51,10 @@ class Metrics {
 
   std::string Render();
 
+  // Whether anything is recorded (--metrics_listen set). Hot paths check it
+  // before building names and labels.
+  bool enabled() const { return enabled_.load(std::memory_order_relaxed); }
+
  private:
   // False until a family is described (--metrics_listen set): recording is
   // then a single atomic load, so hot paths pay nothing with metrics off.
