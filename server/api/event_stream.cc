@@ -271,6 +271,13 @@ EventStream::Step EventStream::NextLocked() {
     step.action = Step::Action::kWrite;
     step.event = in_flight_.get();
     step.wire = &in_flight_wire_;
+    if (finish_.has_value() && !HasPendingLocked()) {
+      // Nothing follows this event. gRPC reports no OnWriteDone for it;
+      // in_flight_ and its bytes live until OnDone.
+      finish_called_ = true;
+      step.action = Step::Action::kWriteAndFinish;
+      step.status = *finish_;
+    }
   } else if (finish_.has_value()) {
     finish_called_ = true;
     step.action = Step::Action::kFinish;
@@ -302,6 +309,14 @@ void EventStream::Perform(const Step& step) {
     case Step::Action::kFinish:
       CountGrpcRequest(method_, step.status.error_code());
       step.reactor->Finish(step.status);
+      break;
+    case Step::Action::kWriteAndFinish:
+      if (step.event->type() != v1::GenerationEvent::TYPE_HEARTBEAT) {
+        RecordFanout(*step.event);
+      }
+      CountGrpcRequest(method_, step.status.error_code());
+      step.reactor->StartWriteAndFinish(step.wire, grpc::WriteOptions(),
+                                        step.status);
       break;
     case Step::Action::kNone:
       break;

@@ -72,11 +72,18 @@ class EventStream : public core::EventSink,
   // What to do next with the reactor, decided under the lock and done
   // outside it (gRPC may call back inline).
   struct Step {
-    enum class Action { kNone, kWrite, kFinish } action = Action::kNone;
+    enum class Action {
+      kNone,
+      kWrite,
+      kFinish,
+      // The last event and the status in one batch: a watcher's terminal
+      // round costs one gRPC operation per stream instead of two.
+      kWriteAndFinish,
+    } action = Action::kNone;
     Reactor* reactor = nullptr;
     const v1::GenerationEvent* event = nullptr;  // kWrite
-    const grpc::ByteBuffer* wire = nullptr;      // kWrite
-    grpc::Status status;                         // kFinish
+    const grpc::ByteBuffer* wire = nullptr;      // kWrite, kWriteAndFinish
+    grpc::Status status;                         // k*Finish
   };
   Step NextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Perform(const Step& step);

@@ -4,15 +4,16 @@
 
 #include <atomic>
 #include <cctype>
+#include <condition_variable>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
 #include "tests/bench/videogen/bare_server.h"
@@ -265,12 +266,16 @@ struct ControlCall {
 // Sends each change at its time without waiting for the previous answer: a
 // blocking call answered late by a busy server would push the later changes
 // apart, and the bare server would fan out rounds that overlapped in
-// videogen's run one after the other.
+// videogen's run one after the other. Returns once every call is answered.
 void ReplaySchedule(v1::VideoGeneration::Stub* control,
                     const std::vector<Change>& schedule) {
   std::vector<std::unique_ptr<ControlCall>> calls;
-  absl::Mutex mu;
-  int answered = 0;
+  // std::mutex, as in gRPC's callback examples: a callback touches neither
+  // after it unlocks, so the waiter may return and destroy them (and the
+  // calls) as soon as it holds the lock with every call answered.
+  std::mutex mu;
+  std::condition_variable cv;
+  size_t answered = 0;
   const absl::Time t0 = absl::Now() + absl::Seconds(1);
   for (const Change& c : schedule) {
     absl::SleepFor(t0 + absl::Nanoseconds(c.observe_ns) - absl::Now());
@@ -279,20 +284,19 @@ void ReplaySchedule(v1::VideoGeneration::Stub* control,
         absl::StrCat(c.final ? "broadcast-final:" : "broadcast:", c.id));
     control->async()->GetGeneration(
         &call->context, &call->request, &call->response,
-        [&mu, &answered](grpc::Status st) {
+        [&mu, &cv, &answered](grpc::Status st) {
           if (!st.ok()) {
             std::fprintf(stderr, "[bench]   broadcast failed: %s\n",
                          st.error_message().c_str());
           }
-          absl::MutexLock lock(&mu);
+          std::lock_guard<std::mutex> lock(mu);
           ++answered;
+          cv.notify_all();
         });
     calls.push_back(std::move(call));
   }
-  const int sent = static_cast<int>(calls.size());
-  auto all_answered = [&answered, sent] { return answered >= sent; };
-  absl::MutexLock lock(&mu);
-  mu.Await(absl::Condition(&all_answered));
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return answered == calls.size(); });
 }
 
 }  // namespace
