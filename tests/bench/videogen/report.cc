@@ -158,6 +158,12 @@ void RenderWatchers(const Report& rep, std::string& md) {
           absl::FormatDuration(rep.watch_options.poll_interval),
           p.videogen.cpu_seconds - p.videogen.cpu_attach_seconds,
           p.bare.cpu_seconds - p.bare.cpu_attach_seconds);
+      if (p.bare.replay_skew_us >= 0) {
+        notes += absl::StrFormat(
+            "  Replay: each of bare's changes came within %.1f ms of "
+            "videogen's spacing (largest difference over the runs).\n",
+            Ms(p.bare.replay_skew_us));
+      }
       if (p.p99_us.size() > 1) {
         notes += absl::StrCat("  Runs pooled: ", p.p99_us.size(),
                               "; p99 per run, videogen / bare:");

@@ -2,9 +2,11 @@
 
 #include <curl/curl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <condition_variable>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -208,6 +210,7 @@ void Merge(WatchRun& into, const WatchRun& from) {
   into.cpu_seconds = (into.cpu_seconds * n + from.cpu_seconds) / (n + 1);
   into.cpu_attach_seconds =
       (into.cpu_attach_seconds * n + from.cpu_attach_seconds) / (n + 1);
+  into.replay_skew_us = std::max(into.replay_skew_us, from.replay_skew_us);
   WatchResult& r = into.result;
   const WatchResult& f = from.result;
   r.streams += f.streams;
@@ -276,16 +279,13 @@ void ReplaySchedule(v1::VideoGeneration::Stub* control,
   std::mutex mu;
   std::condition_variable cv;
   size_t answered = 0;
-  const absl::Time t0 = absl::Now() + absl::Seconds(1);
-  for (const Change& c : schedule) {
-    absl::SleepFor(t0 + absl::Nanoseconds(c.observe_ns) - absl::Now());
+  auto send = [&](const std::string& id) {
     auto call = std::make_unique<ControlCall>();
-    call->request.set_id(
-        absl::StrCat(c.final ? "broadcast-final:" : "broadcast:", c.id));
+    call->request.set_id(id);
     control->async()->GetGeneration(
         &call->context, &call->request, &call->response,
         [&mu, &cv, &answered](grpc::Status st) {
-          if (!st.ok()) {
+          if (!st.ok() && st.error_code() != grpc::StatusCode::NOT_FOUND) {
             std::fprintf(stderr, "[bench]   broadcast failed: %s\n",
                          st.error_message().c_str());
           }
@@ -294,9 +294,36 @@ void ReplaySchedule(v1::VideoGeneration::Stub* control,
           cv.notify_all();
         });
     calls.push_back(std::move(call));
+  };
+  auto await_all = [&] {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return answered == calls.size(); });
+  };
+  // One call first (not a broadcast: answered NOT_FOUND) connects the
+  // channel and starts the client's callback machinery; otherwise the first
+  // changes wait for them and arrive late, together.
+  send("connect");
+  await_all();
+  const absl::Time t0 = absl::Now() + absl::Seconds(1);
+  for (const Change& c : schedule) {
+    absl::SleepFor(t0 + absl::Nanoseconds(c.observe_ns) - absl::Now());
+    send(absl::StrCat(c.final ? "broadcast-final:" : "broadcast:", c.id));
   }
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return answered == calls.size(); });
+  await_all();
+}
+
+// Compares the n-th change of each run (both sorted by observe time),
+// relative to its run's first change. -1 when the counts differ.
+int64_t ReplaySkewUs(const std::vector<Change>& wanted,
+                     const std::vector<Change>& got) {
+  if (wanted.empty() || wanted.size() != got.size()) return -1;
+  int64_t skew = 0;
+  for (size_t i = 0; i < wanted.size(); ++i) {
+    const int64_t w = wanted[i].observe_ns - wanted.front().observe_ns;
+    const int64_t g = got[i].observe_ns - got.front().observe_ns;
+    skew = std::max(skew, std::abs(w - g) / 1000);
+  }
+  return skew;
 }
 
 }  // namespace
@@ -333,6 +360,7 @@ WatchRun RunBareWatchers(const Paths& p, const WatchOptions& o, int n,
     run.result = pool.Collect();
   }
   run.cpu_seconds = CpuSeconds(bare.pid()) - cpu0;
+  run.replay_skew_us = ReplaySkewUs(changes, run.result.changes);
   LogChanges("bare", run.result);
   run.rss_peak = PeakRssBytes(bare.pid());
   run.ran = true;
