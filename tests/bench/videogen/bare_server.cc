@@ -10,9 +10,12 @@
 #include <optional>
 #include <thread>
 #include <unordered_set>
+#include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/util/time_util.h"
@@ -136,15 +139,18 @@ int64_t Registry::Broadcast(const std::string& group, const EventPtr& event,
   return static_cast<int64_t>(streams.size());
 }
 
-// The bare service. Broadcasts run on one thread of its own, as a timer or
-// videogen's upstream thread would run them, not on a gRPC thread (gRPC
-// batches writes started inside its own callbacks). Thread-safe: the queue
-// is guarded by mu_, streams live in the registry.
+// The bare service. Its control call queues a change for a given time
+// (sent ahead of it), and a thread of the server's own broadcasts each one
+// when it is due, as videogen's tracker and hub do for a poll's answer: no
+// client call sits between the schedule and the fan-out (a control call
+// answered late by a busy server shifted the changes, and the first one
+// after a pause took about 100 ms more to reach the watchers). Each change
+// is stamped with its due time, so one that waits behind an earlier round
+// counts the wait, as in videogen. Thread-safe: the queue is guarded by
+// mu_, streams live in the registry.
 class BareService : public v1::VideoGeneration::CallbackService {
  public:
-  explicit BareService(bool fanout_in_handler)
-      : fanout_in_handler_(fanout_in_handler),
-        broadcaster_([this] { BroadcastLoop(); }) {}
+  BareService() : broadcaster_([this] { BroadcastLoop(); }) {}
 
   ~BareService() override {
     {
@@ -164,21 +170,14 @@ class BareService : public v1::VideoGeneration::CallbackService {
       grpc::CallbackServerContext* context,
       const v1::GetGenerationRequest* request, Generation*) override {
     auto* reactor = context->DefaultReactor();
-    const std::string& id = request->id();
-    bool final = absl::StartsWith(id, "broadcast-final:");
-    if (!final && !absl::StartsWith(id, "broadcast:")) {
+    std::optional<Job> job = ParseControl(request->id());
+    if (!job.has_value()) {
       reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "control"));
       return reactor;
     }
-    // Stamped on receipt, as videogen stamps a change when its tracker
-    // writes the poll's answer: a change that waits behind an earlier
-    // round counts the wait in both servers.
-    Job job{id.substr(id.find(':') + 1), final, absl::Now()};
-    if (fanout_in_handler_) {
-      Broadcast(job);
-    } else {
+    {
       absl::MutexLock lock(&mu_);
-      jobs_.push_back(std::move(job));
+      jobs_.emplace(job->due, std::move(*job));
     }
     reactor->Finish(grpc::Status::OK);
     return reactor;
@@ -188,21 +187,44 @@ class BareService : public v1::VideoGeneration::CallbackService {
   struct Job {
     std::string group;
     bool final = false;
-    absl::Time observed;
+    absl::Time due;
   };
+
+  // "broadcast:DUE_UNIX_NS:GROUP" or "broadcast-final:DUE_UNIX_NS:GROUP".
+  static std::optional<Job> ParseControl(const std::string& id) {
+    std::vector<std::string> parts =
+        absl::StrSplit(id, absl::MaxSplits(':', 2));
+    int64_t due_ns = 0;
+    if (parts.size() != 3 ||
+        (parts[0] != "broadcast" && parts[0] != "broadcast-final") ||
+        !absl::SimpleAtoi(parts[1], &due_ns)) {
+      return std::nullopt;
+    }
+    return Job{parts[2], parts[0] == "broadcast-final",
+               absl::FromUnixNanos(due_ns)};
+  }
 
   void BroadcastLoop() {
     while (true) {
       Job job;
       {
         absl::MutexLock lock(&mu_);
-        auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-          return stop_ || !jobs_.empty();
-        };
-        mu_.Await(absl::Condition(&ready));
-        if (stop_) return;
-        job = std::move(jobs_.front());
-        jobs_.pop_front();
+        while (true) {
+          auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+            return stop_ || !jobs_.empty();
+          };
+          mu_.Await(absl::Condition(&ready));
+          if (stop_) return;
+          const absl::Time due = jobs_.begin()->first;
+          if (due <= absl::Now()) break;
+          // Until it is due, or an earlier change or stop arrives.
+          auto changed = [this, due]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+            return stop_ || jobs_.begin()->first < due;
+          };
+          mu_.AwaitWithDeadline(absl::Condition(&changed), due);
+        }
+        job = std::move(jobs_.begin()->second);
+        jobs_.erase(jobs_.begin());
       }
       Broadcast(job);
     }
@@ -214,17 +236,16 @@ class BareService : public v1::VideoGeneration::CallbackService {
         job.final ? Generation::STATE_COMPLETED : Generation::STATE_GENERATING,
         ++revision_);
     event.mutable_generation()->set_id(job.group);
-    *event.mutable_observe_time() = Stamp(job.observed);
+    *event.mutable_observe_time() = Stamp(job.due);
     registry_.Broadcast(
         job.group, std::make_shared<const GenerationEvent>(std::move(event)),
         job.final);
   }
 
-  const bool fanout_in_handler_;
   Registry registry_;
   std::atomic<int64_t> revision_{1};
   absl::Mutex mu_;
-  std::deque<Job> jobs_ ABSL_GUARDED_BY(mu_);
+  std::multimap<absl::Time, Job> jobs_ ABSL_GUARDED_BY(mu_);  // by due time
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread broadcaster_;
 };
@@ -265,7 +286,7 @@ GenerationEvent RepresentativeEvent(GenerationEvent::Type type,
   return e;
 }
 
-int RunBareServer(int port, bool deadlock_detection, bool fanout_in_handler) {
+int RunBareServer(int port, bool deadlock_detection) {
   // Debian's Abseil is built with Mutex deadlock detection on, which costs a
   // graph update per nested lock; a bare baseline should not pay for it.
   absl::SetMutexDeadlockDetectionMode(deadlock_detection
@@ -277,7 +298,7 @@ int RunBareServer(int port, bool deadlock_detection, bool fanout_in_handler) {
   sigaddset(&stop, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);  // before gRPC threads start
 
-  BareService service(fanout_in_handler);
+  BareService service;
   grpc::ServerBuilder builder;
   int bound = 0;
   builder.AddListeningPort(absl::StrCat("127.0.0.1:", port),

@@ -20,12 +20,12 @@ v1::GenerationEvent RepresentativeEvent(v1::GenerationEvent::Type type,
 
 // Runs the bare baseline server on 127.0.0.1:`port` (0 picks one) until
 // SIGTERM. It implements only WatchGeneration (hold streams, send a
-// snapshot) and uses GetGeneration as its control call: id "broadcast:G"
-// sends one GENERATING update to every stream watching id G, and
-// "broadcast-final:G" a COMPLETED one, after which those streams end OK.
-// Broadcasts run on a thread of the server's own unless `fanout_in_handler`
-// (then inside the control call, on a gRPC thread). `deadlock_detection`
-// keeps Abseil's Mutex deadlock detection on.
-int RunBareServer(int port, bool deadlock_detection, bool fanout_in_handler);
+// snapshot) and uses GetGeneration as its control call:
+// "broadcast:DUE_UNIX_NS:G" sends one GENERATING update to every stream
+// watching id G at that time, and "broadcast-final:DUE_UNIX_NS:G" a
+// COMPLETED one, after which those streams end OK. Broadcasts run on a
+// thread of the server's own. `deadlock_detection` keeps Abseil's Mutex
+// deadlock detection on.
+int RunBareServer(int port, bool deadlock_detection);
 
 }  // namespace videogen::bench

@@ -57,10 +57,6 @@ ABSL_FLAG(absl::Duration, load_duration, absl::Seconds(5),
 ABSL_FLAG(std::vector<std::string>, efficiency_watchers,
           std::vector<std::string>({"1", "10", "100", "1000"}),
           "watcher counts of the upstream scenario");
-ABSL_FLAG(bool, bare_fanout_in_handler, false,
-          "bare server: broadcast inside the control RPC on a gRPC thread "
-          "(gRPC batches those writes) instead of on its own thread like "
-          "videogen's fan-out; for comparison runs");
 ABSL_FLAG(int, repeats, 3,
           "runs per watcher count (pooled), for counts up to "
           "--repeat_max_watchers; fan-out latency on a shared box is noisy");
@@ -120,7 +116,6 @@ int Run(int argc, char** argv) {
   const std::string out = absl::GetFlag(FLAGS_out);
   paths.log_dir = Dir(out) + "/logs";
   paths.bare_deadlock_detection = absl::GetFlag(FLAGS_bare_deadlock_detection);
-  paths.bare_fanout_in_handler = absl::GetFlag(FLAGS_bare_fanout_in_handler);
   if (std::system(absl::StrCat("mkdir -p '", paths.log_dir, "'").c_str()) !=
       0) {
     std::fprintf(stderr, "cannot create %s\n", paths.log_dir.c_str());
@@ -286,8 +281,8 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_bare_server)) {
     return videogen::bench::RunBareServer(
-        absl::GetFlag(FLAGS_port), absl::GetFlag(FLAGS_bare_deadlock_detection),
-        absl::GetFlag(FLAGS_bare_fanout_in_handler));
+        absl::GetFlag(FLAGS_port),
+        absl::GetFlag(FLAGS_bare_deadlock_detection));
   }
   curl_global_init(CURL_GLOBAL_DEFAULT);
   return videogen::bench::Run(argc, argv);

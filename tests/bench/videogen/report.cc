@@ -158,12 +158,6 @@ void RenderWatchers(const Report& rep, std::string& md) {
           absl::FormatDuration(rep.watch_options.poll_interval),
           p.videogen.cpu_seconds - p.videogen.cpu_attach_seconds,
           p.bare.cpu_seconds - p.bare.cpu_attach_seconds);
-      if (p.bare.replay_skew_us >= 0) {
-        notes += absl::StrFormat(
-            "  Replay: each of bare's changes came within %.1f ms of "
-            "videogen's spacing (largest difference over the runs).\n",
-            Ms(p.bare.replay_skew_us));
-      }
       if (p.p99_us.size() > 1) {
         notes += absl::StrCat("  Runs pooled: ", p.p99_us.size(),
                               "; p99 per run, videogen / bare:");
@@ -570,12 +564,12 @@ std::string RenderMarkdown(const Report& rep) {
   md +=
       "- The bare server replays videogen's change schedule from the same "
       "run: the same generation groups, number of UPDATEs and spacing "
-      "(each change is sent at its time, without waiting for the answer "
-      "to the one before). Each change of one generation is one fan-out "
-      "round to its watchers. Both servers stamp `observe_time` when they "
-      "learn of a change (videogen: its tracker writes the poll's answer; "
-      "bare: the control call arrives), so a round that waits behind an "
-      "earlier one counts the wait in both.\n";
+      "(the bench queues each change at the bare server ahead of time with "
+      "its due time, and the server's own thread broadcasts it when due). "
+      "Each change of one generation is one fan-out round to its watchers. "
+      "Both servers stamp `observe_time` when the change happens (videogen: "
+      "its tracker writes the poll's answer; bare: the change is due), so a "
+      "round that waits behind an earlier one counts the wait in both.\n";
   md += TargetsTable(rep);
   RenderWatchers(rep, md);
   RenderThroughput(rep, md);

@@ -210,7 +210,6 @@ void Merge(WatchRun& into, const WatchRun& from) {
   into.cpu_seconds = (into.cpu_seconds * n + from.cpu_seconds) / (n + 1);
   into.cpu_attach_seconds =
       (into.cpu_attach_seconds * n + from.cpu_attach_seconds) / (n + 1);
-  into.replay_skew_us = std::max(into.replay_skew_us, from.replay_skew_us);
   WatchResult& r = into.result;
   const WatchResult& f = from.result;
   r.streams += f.streams;
@@ -266,12 +265,13 @@ struct ControlCall {
   v1::Generation response;
 };
 
-// Sends each change at its time without waiting for the previous answer: a
-// blocking call answered late by a busy server would push the later changes
-// apart, and the bare server would fan out rounds that overlapped in
-// videogen's run one after the other. Returns once every call is answered.
-void ReplaySchedule(v1::VideoGeneration::Stub* control,
-                    const std::vector<Change>& schedule) {
+// Queues every change of `schedule` at the bare server ahead of time, each
+// with its due time (a second from now plus its offset), and waits until
+// they are queued. The server broadcasts each when it is due: no client call
+// sits between the schedule and the fan-out. Returns the first change's due
+// time.
+absl::Time SendSchedule(v1::VideoGeneration::Stub* control,
+                        const std::vector<Change>& schedule) {
   std::vector<std::unique_ptr<ControlCall>> calls;
   // std::mutex, as in gRPC's callback examples: a callback touches neither
   // after it unlocks, so the waiter may return and destroy them (and the
@@ -279,14 +279,17 @@ void ReplaySchedule(v1::VideoGeneration::Stub* control,
   std::mutex mu;
   std::condition_variable cv;
   size_t answered = 0;
-  auto send = [&](const std::string& id) {
+  const absl::Time t0 = absl::Now() + absl::Seconds(1);
+  for (const Change& c : schedule) {
     auto call = std::make_unique<ControlCall>();
-    call->request.set_id(id);
+    call->request.set_id(absl::StrCat(
+        c.final ? "broadcast-final:" : "broadcast:",
+        absl::ToUnixNanos(t0 + absl::Nanoseconds(c.observe_ns)), ":", c.id));
     control->async()->GetGeneration(
         &call->context, &call->request, &call->response,
         [&mu, &cv, &answered](grpc::Status st) {
-          if (!st.ok() && st.error_code() != grpc::StatusCode::NOT_FOUND) {
-            std::fprintf(stderr, "[bench]   broadcast failed: %s\n",
+          if (!st.ok()) {
+            std::fprintf(stderr, "[bench]   broadcast not queued: %s\n",
                          st.error_message().c_str());
           }
           std::lock_guard<std::mutex> lock(mu);
@@ -294,36 +297,10 @@ void ReplaySchedule(v1::VideoGeneration::Stub* control,
           cv.notify_all();
         });
     calls.push_back(std::move(call));
-  };
-  auto await_all = [&] {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return answered == calls.size(); });
-  };
-  // One call first (not a broadcast: answered NOT_FOUND) connects the
-  // channel and starts the client's callback machinery; otherwise the first
-  // changes wait for them and arrive late, together.
-  send("connect");
-  await_all();
-  const absl::Time t0 = absl::Now() + absl::Seconds(1);
-  for (const Change& c : schedule) {
-    absl::SleepFor(t0 + absl::Nanoseconds(c.observe_ns) - absl::Now());
-    send(absl::StrCat(c.final ? "broadcast-final:" : "broadcast:", c.id));
   }
-  await_all();
-}
-
-// Compares the n-th change of each run (both sorted by observe time),
-// relative to its run's first change. -1 when the counts differ.
-int64_t ReplaySkewUs(const std::vector<Change>& wanted,
-                     const std::vector<Change>& got) {
-  if (wanted.empty() || wanted.size() != got.size()) return -1;
-  int64_t skew = 0;
-  for (size_t i = 0; i < wanted.size(); ++i) {
-    const int64_t w = wanted[i].observe_ns - wanted.front().observe_ns;
-    const int64_t g = got[i].observe_ns - got.front().observe_ns;
-    skew = std::max(skew, std::abs(w - g) / 1000);
-  }
-  return skew;
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return answered == calls.size(); });
+  return t0;
 }
 
 }  // namespace
@@ -334,8 +311,7 @@ WatchRun RunBareWatchers(const Paths& p, const WatchOptions& o, int n,
   Child bare;
   absl::Status s = bare.Start(
       {p.self_bin, "--bare_server", "--port=0",
-       absl::StrCat("--bare_deadlock_detection=", p.bare_deadlock_detection),
-       absl::StrCat("--bare_fanout_in_handler=", p.bare_fanout_in_handler)},
+       absl::StrCat("--bare_deadlock_detection=", p.bare_deadlock_detection)},
       {}, LogPath(p, absl::StrCat("watchers-", n, "-bare")));
   if (!s.ok()) return Failed(run, s);
   auto line = bare.WaitForLine("bare_server listening on", absl::Seconds(15));
@@ -355,12 +331,14 @@ WatchRun RunBareWatchers(const Paths& p, const WatchOptions& o, int n,
     pool.WaitAttached(absl::Seconds(120));
     run.rss_attached = RssBytes(bare.pid());
     run.cpu_attach_seconds = CpuSeconds(bare.pid()) - cpu0;
-    ReplaySchedule(control.get(), schedule);
+    const absl::Time t0 = SendSchedule(control.get(), schedule);
+    if (absl::Now() > t0) {
+      std::fprintf(stderr, "[bench]   the schedule was queued late\n");
+    }
     pool.WaitDone(absl::Seconds(60));
     run.result = pool.Collect();
   }
   run.cpu_seconds = CpuSeconds(bare.pid()) - cpu0;
-  run.replay_skew_us = ReplaySkewUs(changes, run.result.changes);
   LogChanges("bare", run.result);
   run.rss_peak = PeakRssBytes(bare.pid());
   run.ran = true;

@@ -18,7 +18,6 @@ struct Paths {
   std::string self_bin;
   std::string log_dir;
   bool bare_deadlock_detection = false;  // passed to the bare server
-  bool bare_fanout_in_handler = false;   // passed to the bare server
 };
 
 struct WatchOptions {
@@ -43,10 +42,6 @@ struct WatchRun {
   int64_t rss_peak = -1;          // VmHWM at the end
   double cpu_seconds = 0;         // from before the first attach to the end
   double cpu_attach_seconds = 0;  // the part until every stream is attached
-  // Bare runs: the largest difference between when a replayed change
-  // arrived (from the first) and when videogen's did. Shows that both
-  // servers faced the same clusters of changes. -1 when not measured.
-  int64_t replay_skew_us = -1;
 };
 
 struct WatchPair {
