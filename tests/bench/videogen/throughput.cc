@@ -27,7 +27,10 @@ v1::GenerateRequest BenchRequest() {
   return r;
 }
 
-// Shared tally of a load run. Thread-safe.
+// Shared tally of a load run. Thread-safe. Calls that record from gRPC
+// threads share ownership of it (shared_ptr): Wait returns as soon as the
+// last call has recorded, while that call's thread may still be unlocking
+// mu_, so the waiter must not destroy the tally under it.
 class Tally {
  public:
   Tally(int slots, absl::Time deadline) : live_(slots), deadline_(deadline) {}
@@ -70,8 +73,8 @@ class Tally {
 // callback may not). gRPC calls OnDone once, on one of its threads.
 class CreateCall : public grpc::ClientUnaryReactor {
  public:
-  CreateCall(v1::VideoGeneration::Stub* stub, Tally* tally)
-      : stub_(stub), tally_(tally), request_(BenchRequest()) {
+  CreateCall(v1::VideoGeneration::Stub* stub, std::shared_ptr<Tally> tally)
+      : stub_(stub), tally_(std::move(tally)), request_(BenchRequest()) {
     started_ = absl::Now();
     stub_->async()->CreateGeneration(&context_, &request_, &response_, this);
     StartCall();
@@ -86,7 +89,7 @@ class CreateCall : public grpc::ClientUnaryReactor {
 
  private:
   v1::VideoGeneration::Stub* const stub_;
-  Tally* const tally_;
+  const std::shared_ptr<Tally> tally_;
   grpc::ClientContext context_;
   v1::GenerateRequest request_;
   v1::Generation response_;
@@ -97,8 +100,8 @@ class CreateCall : public grpc::ClientUnaryReactor {
 // gRPC serialises its callbacks, so its fields need no lock.
 class GenerateCall : public grpc::ClientReadReactor<v1::GenerationEvent> {
  public:
-  GenerateCall(v1::VideoGeneration::Stub* stub, Tally* tally)
-      : stub_(stub), tally_(tally), request_(BenchRequest()) {
+  GenerateCall(v1::VideoGeneration::Stub* stub, std::shared_ptr<Tally> tally)
+      : stub_(stub), tally_(std::move(tally)), request_(BenchRequest()) {
     started_ = absl::Now();
     stub_->async()->Generate(&context_, &request_, this);
     StartRead(&event_);
@@ -124,7 +127,7 @@ class GenerateCall : public grpc::ClientReadReactor<v1::GenerationEvent> {
 
  private:
   v1::VideoGeneration::Stub* const stub_;
-  Tally* const tally_;
+  const std::shared_ptr<Tally> tally_;
   grpc::ClientContext context_;
   v1::GenerateRequest request_;
   v1::GenerationEvent event_;
@@ -140,18 +143,18 @@ LoadResult RunCreateLoad(const std::shared_ptr<grpc::Channel>& channel,
                          int concurrency, absl::Duration duration) {
   auto stub = v1::VideoGeneration::NewStub(channel);
   absl::Time start = absl::Now();
-  Tally tally(concurrency, start + duration);
-  for (int i = 0; i < concurrency; ++i) new CreateCall(stub.get(), &tally);
-  return tally.Wait(start);
+  auto tally = std::make_shared<Tally>(concurrency, start + duration);
+  for (int i = 0; i < concurrency; ++i) new CreateCall(stub.get(), tally);
+  return tally->Wait(start);
 }
 
 LoadResult RunGenerateLoad(const std::shared_ptr<grpc::Channel>& channel,
                            int concurrency, absl::Duration duration) {
   auto stub = v1::VideoGeneration::NewStub(channel);
   absl::Time start = absl::Now();
-  Tally tally(concurrency, start + duration);
-  for (int i = 0; i < concurrency; ++i) new GenerateCall(stub.get(), &tally);
-  return tally.Wait(start);
+  auto tally = std::make_shared<Tally>(concurrency, start + duration);
+  for (int i = 0; i < concurrency; ++i) new GenerateCall(stub.get(), tally);
+  return tally->Wait(start);
 }
 
 LoadResult RunDirectHttpLoad(const std::string& base_url,
