@@ -81,9 +81,9 @@ class EventStream : public core::EventSink,
       kWriteAndFinish,
     } action = Action::kNone;
     Reactor* reactor = nullptr;
-    const v1::GenerationEvent* event = nullptr;  // kWrite
+    const v1::GenerationEvent* event = nullptr;  // kWrite, kWriteAndFinish
     const grpc::ByteBuffer* wire = nullptr;      // kWrite, kWriteAndFinish
-    grpc::Status status;                         // k*Finish
+    grpc::Status status;                         // kFinish, kWriteAndFinish
   };
   Step NextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Perform(const Step& step);
