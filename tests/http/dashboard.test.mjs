@@ -163,6 +163,25 @@ after(async () => {
 
 const rowOf = (prompt) => page.locator('#rows tr', {hasText: prompt});
 
+// The progress bar of the row showing `prompt`, read in one synchronous step
+// in the page (waiting until there is one). The dashboard replaces the bar
+// every second and rows on every update, so a bar found first and read in a
+// second step may already be detached (it was, once in CI).
+async function readProgress(prompt) {
+  const handle = await page.waitForFunction((text) => {
+    const tr = [...document.querySelectorAll('#rows tr')]
+        .find((r) => r.textContent.includes(text));
+    const p = tr && tr.querySelector('progress');
+    if (!p) return null;
+    return {
+      max: p.max, value: p.value, label: p.getAttribute('aria-label'),
+      title: p.parentElement.title, text: p.parentElement.textContent,
+      state: tr.querySelector('.badge').textContent,
+    };
+  }, prompt, {timeout: 15000});
+  return handle.jsonValue();
+}
+
 async function createFromForm(prompt, labels) {
   await page.getByLabel('Prompt', {exact: true}).fill(prompt);
   await page.getByLabel('Labels', {exact: true}).fill(labels);
@@ -193,13 +212,7 @@ test('dashboard: key, create, complete, play, cancel, filters', {timeout: 240000
   // Issue 20: while it is queued or generating, its row shows a progress
   // bar from the estimate (a share of create..expected completion, capped at
   // 99 until the generation is done).
-  const bar = rowOf(donePrompt).locator('progress');
-  await bar.waitFor({timeout: 15000});
-  const progress = await bar.evaluate((p) => ({
-    max: p.max, value: p.value, label: p.getAttribute('aria-label'),
-    title: p.parentElement.title, text: p.parentElement.textContent,
-    state: p.closest('tr').querySelector('.badge').textContent,
-  }));
+  const progress = await readProgress(donePrompt);
   assert.match(progress.state, /^(Queued|Generating)$/, 'a bar only while it runs');
   assert.equal(progress.max, 100, 'the bar counts percent');
   assert.ok(Number.isFinite(progress.value) && progress.value >= 0 && progress.value <= 99,
