@@ -112,7 +112,7 @@ void EventStream::OnEvent(core::EventPtr event) {
       // One generation: only its newest event waits (no map, no copy of
       // the id), and the terminal one ends the stream after it is written.
       if (g.done()) finish_ = grpc::Status::OK;
-      next_ = std::move(event);
+      next_ = types_.Type(std::move(event));  // g is not used below
     } else if (auto [it, inserted] = pending_.try_emplace(id, event);
                inserted) {
       order_.push_back(id);
@@ -160,6 +160,7 @@ void EventStream::WatchOne(const auth::Principal& who, const std::string& id,
     // Terminal already: the snapshot (if newer) was queued; then end OK.
     {
       absl::MutexLock lock(&mu_);
+      types_.Subscribed();
       if (!finish_.has_value()) finish_ = grpc::Status::OK;
     }
     Pump();
@@ -183,6 +184,7 @@ void EventStream::SetSubscription(uint64_t id) {
   bool already_done;
   {
     absl::MutexLock lock(&mu_);
+    types_.Subscribed();
     already_done = done_;
     if (!already_done) subscription_ = id;
   }

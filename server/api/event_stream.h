@@ -112,6 +112,8 @@ class EventStream : public core::EventSink,
   uint64_t subscription_ ABSL_GUARDED_BY(mu_) = 0;
   std::string generation_id_ ABSL_GUARDED_BY(mu_);
   int64_t last_revision_ ABSL_GUARDED_BY(mu_) = 0;
+  // Single-generation streams: SNAPSHOT first, UPDATEs after (events.h).
+  core::SnapshotFirst types_ ABSL_GUARDED_BY(mu_);
   // Newest revision queued or sent per generation (firehose); terminal
   // generations leave it once their event is queued, as nothing follows.
   std::unordered_map<std::string, int64_t> newest_ ABSL_GUARDED_BY(mu_);

@@ -107,6 +107,7 @@ void StreamSink::OnEvent(core::EventPtr event) {
     return;
   }
   RememberLocked(g);
+  if (single_) event = types_.Type(std::move(event));  // g is not used below
   backlog_.push_back(std::move(event));
   if (backlog_.size() > high_water_) high_water_ = backlog_.size();
   WakeLocked();
@@ -165,6 +166,7 @@ bool StreamSink::closed() {
 
 bool StreamSink::AttachSubscription(uint64_t id) {
   absl::MutexLock lock(&mu_);
+  types_.Subscribed();
   if (closed_) return false;
   subscription_ = id;
   return true;

@@ -15,6 +15,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "server/core/events.h"
 #include "server/core/tracker.h"
 
 namespace videogen::http {
@@ -83,9 +84,10 @@ class StreamSink : public core::EventSink {
   void Close();
   bool closed();
 
-  // The gateway's subscription. Attach returns false when the sink was
-  // closed already, and the caller must then Unwatch itself; TakeSubscription
-  // hands the id out exactly once (0 when none or taken).
+  // The gateway's subscription, once Watch has returned (which also ends the
+  // subscribing window, see core::SnapshotFirst). Attach returns false when
+  // the sink was closed already, and the caller must then Unwatch itself.
+  // TakeSubscription hands the id out exactly once (0 when none or taken).
   bool AttachSubscription(uint64_t id);
   uint64_t TakeSubscription();
 
@@ -113,6 +115,8 @@ class StreamSink : public core::EventSink {
   // than what Start found, then max_backlog_ after each Take.
   size_t limit_ ABSL_GUARDED_BY(mu_) = SIZE_MAX;
   uint64_t subscription_ ABSL_GUARDED_BY(mu_) = 0;
+  // Single streams: SNAPSHOT first, UPDATEs after (events.h).
+  core::SnapshotFirst types_ ABSL_GUARDED_BY(mu_);
   size_t high_water_ ABSL_GUARDED_BY(mu_) = 0;
   // Last revision queued per live generation. Terminal generations move to a
   // bounded FIFO of ids (they never change again), so a firehose that runs

@@ -1026,6 +1026,45 @@ TEST_F(TrackerTest, SubscribeSendsASnapshotOnlyWhenNewer) {
             absl::StatusCode::kNotFound);
 }
 
+EventPtr TypedEvent(v1::GenerationEvent::Type type, int64_t revision) {
+  auto e = std::make_shared<v1::GenerationEvent>();
+  e->set_type(type);
+  e->mutable_generation()->set_id("g");
+  e->mutable_generation()->set_revision(revision);
+  return e;
+}
+
+// The hub's UPDATE of a change that raced Subscribe arrives first, then
+// Subscribe's newer SNAPSHOT: the sink sends them as SNAPSHOT, UPDATE.
+TEST(SnapshotFirstTest, RetypesWhatTheRaceDeliveredOutOfTurn) {
+  SnapshotFirst types;
+  EventPtr update = TypedEvent(v1::GenerationEvent::TYPE_UPDATE, 2);
+  EventPtr first = types.Type(update);
+  EXPECT_EQ(first->type(), v1::GenerationEvent::TYPE_SNAPSHOT);
+  EXPECT_EQ(first->generation().revision(), 2);
+  EXPECT_EQ(update->type(), v1::GenerationEvent::TYPE_UPDATE);  // a copy
+  EventPtr second =
+      types.Type(TypedEvent(v1::GenerationEvent::TYPE_SNAPSHOT, 3));
+  EXPECT_EQ(second->type(), v1::GenerationEvent::TYPE_UPDATE);
+  EXPECT_EQ(second->generation().revision(), 3);
+}
+
+// Without a race nothing is copied: watchers keep sharing the hub's event.
+TEST(SnapshotFirstTest, SharesEventsThatAlreadyHaveTheirType) {
+  SnapshotFirst types;
+  EventPtr snapshot = TypedEvent(v1::GenerationEvent::TYPE_SNAPSHOT, 1);
+  EXPECT_EQ(types.Type(snapshot), snapshot);
+  types.Subscribed();
+  EventPtr update = TypedEvent(v1::GenerationEvent::TYPE_UPDATE, 2);
+  EXPECT_EQ(types.Type(update), update);
+
+  // Resumed at the current revision: no SNAPSHOT was due, so the first
+  // change after Subscribe stays an UPDATE.
+  SnapshotFirst resumed;
+  resumed.Subscribed();
+  EXPECT_EQ(resumed.Type(update), update);
+}
+
 TEST_F(TrackerTest, SubscribeToATerminalGenerationFinishesAtOnce) {
   upstream_.PushPoll(Completed());
   GenerationPtr g = MustCreate(Request());

@@ -62,6 +62,9 @@ class FakeGateway : public api::Gateway {
     absl::MutexLock lock(&mu_);
     fail_next_ = std::move(s);
   }
+  // Watch hands the sink the current revision as an UPDATE before the
+  // SNAPSHOT, as the real hub does when the last change raced Subscribe.
+  void set_watch_race(bool v) { watch_race_ = v; }
   // Create answers from another thread, later (as the tracker may).
   void set_async_create(bool v) { async_create_ = v; }
   // New generations carry an estimate this far after their creation.
@@ -152,6 +155,10 @@ class FakeGateway : public api::Gateway {
     auto it = gens_.find(id);
     if (it == gens_.end() || !Visible(who, *it->second)) return NotFound(id);
     const core::GenerationPtr& g = it->second;
+    if (g->revision() > after_revision && watch_race_) {
+      // The hub's UPDATE of a change that raced Subscribe comes first.
+      sink->OnEvent(MakeEvent(v1::GenerationEvent::TYPE_UPDATE, *g));
+    }
     if (g->revision() > after_revision) {
       sink->OnEvent(MakeEvent(v1::GenerationEvent::TYPE_SNAPSHOT, *g));
     }
@@ -362,6 +369,7 @@ class FakeGateway : public api::Gateway {
   int next_id_ ABSL_GUARDED_BY(mu_) = 0;
   int unwatched_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<bool> async_create_{false};
+  std::atomic<bool> watch_race_{false};
   absl::Mutex threads_mu_;
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(threads_mu_);
 };

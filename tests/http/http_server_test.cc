@@ -560,6 +560,30 @@ TEST_F(HttpServerTest, WatchStreamsRevisionsAndEndsAfterTerminal) {
   EXPECT_TRUE(WaitFor([&] { return gateway_.watchers() == 0u; }));
 }
 
+// The hub may hand a stream the UPDATE of a change that raced its Subscribe
+// before Subscribe's SNAPSHOT of the same revision (dropped as a duplicate):
+// the stream still starts with a snapshot. CI once saw a Generate stream
+// start with an UPDATE this way.
+TEST_F(HttpServerTest, WatchStartsWithASnapshotWhenAnUpdateRacesSubscribe) {
+  Start();
+  Create(R"({"prompt":"fox"})");
+  gateway_.Advance("g1", State::STATE_GENERATING, "active");
+  gateway_.set_watch_race(true);
+  SseReader r(port_, "/v1/generations/g1:watch", {kAcme});
+  ASSERT_EQ(r.status(), 200);
+  std::optional<testing::SseFrame> first = NextEvent(r);
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->id, "2");
+  EXPECT_EQ(first->event, "snapshot");
+  EXPECT_EQ(Json::parse(first->data)["type"], "TYPE_SNAPSHOT");
+  gateway_.Advance("g1", State::STATE_COMPLETED, "completed");
+  std::optional<testing::SseFrame> last = NextEvent(r);
+  ASSERT_TRUE(last.has_value());
+  EXPECT_EQ(last->id, "3");
+  EXPECT_EQ(last->event, "update");
+  EXPECT_FALSE(NextEvent(r).has_value());
+}
+
 TEST_F(HttpServerTest, LastEventIdResumesAfterThatRevision) {
   Start();
   Create(R"({"prompt":"fox"})");

@@ -213,6 +213,43 @@ TEST(StreamSinkTest, SingleDropsOldRevisionsAndEndsAfterTerminal) {
   EXPECT_FALSE(b.overflowed);
 }
 
+// What the hub may do when changes race Subscribe (core::SnapshotFirst):
+// the stream still starts with one SNAPSHOT and continues with UPDATEs.
+TEST(StreamSinkTest, SingleStartsWithASnapshotWhateverArrivesFirst) {
+  using v1::GenerationEvent;
+  {  // The hub's UPDATE 3, then Subscribe's SNAPSHOT 3 (a duplicate).
+    StreamSink sink(/*single=*/true, /*after_revision=*/0, 16);
+    sink.OnEvent(Event("g", 3, false, GenerationEvent::TYPE_UPDATE));
+    sink.OnEvent(Event("g", 3, false, GenerationEvent::TYPE_SNAPSHOT));
+    ASSERT_TRUE(sink.AttachSubscription(1));
+    sink.OnEvent(Event("g", 4, false, GenerationEvent::TYPE_UPDATE));
+    StreamSink::Batch b = sink.Take(10);
+    ASSERT_EQ(b.events.size(), 2u);
+    EXPECT_EQ(b.events[0]->type(), GenerationEvent::TYPE_SNAPSHOT);
+    EXPECT_EQ(b.events[0]->generation().revision(), 3);
+    EXPECT_EQ(b.events[1]->type(), GenerationEvent::TYPE_UPDATE);
+  }
+  {  // The hub's UPDATE 2, then Subscribe's newer SNAPSHOT 3.
+    StreamSink sink(true, 0, 16);
+    sink.OnEvent(Event("g", 2, false, GenerationEvent::TYPE_UPDATE));
+    sink.OnEvent(Event("g", 3, false, GenerationEvent::TYPE_SNAPSHOT));
+    StreamSink::Batch b = sink.Take(10);
+    ASSERT_EQ(b.events.size(), 2u);
+    EXPECT_EQ(b.events[0]->type(), GenerationEvent::TYPE_SNAPSHOT);
+    EXPECT_EQ(b.events[0]->generation().revision(), 2);
+    EXPECT_EQ(b.events[1]->type(), GenerationEvent::TYPE_UPDATE);
+    EXPECT_EQ(b.events[1]->generation().revision(), 3);
+  }
+  {  // Resumed at the current revision: no SNAPSHOT due, changes are UPDATEs.
+    StreamSink sink(true, 5, 16);
+    ASSERT_TRUE(sink.AttachSubscription(1));
+    sink.OnEvent(Event("g", 6, false, GenerationEvent::TYPE_UPDATE));
+    StreamSink::Batch b = sink.Take(10);
+    ASSERT_EQ(b.events.size(), 1u);
+    EXPECT_EQ(b.events[0]->type(), GenerationEvent::TYPE_UPDATE);
+  }
+}
+
 TEST(StreamSinkTest, FirehoseDedupesPerGeneration) {
   StreamSink sink(/*single=*/false, 0, 100);
   sink.OnEvent(Event("a", 1));
