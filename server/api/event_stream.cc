@@ -300,23 +300,24 @@ void EventStream::Pump() {
 void EventStream::Perform(const Step& step) {
   // Unlocked: gRPC may run OnWriteDone inline. The reactor stays alive: it
   // is freed only in OnDone, which cannot come before Finish. The event and
-  // its bytes stay too: only OnWriteDone lets go of them.
+  // its bytes stay too: OnWriteDone lets go of them after a kWrite, and
+  // OnDone after a kWriteAndFinish (which gets no OnWriteDone).
+  if (step.event != nullptr &&
+      step.event->type() != v1::GenerationEvent::TYPE_HEARTBEAT) {
+    RecordFanout(*step.event);
+  }
+  if (step.action == Step::Action::kFinish ||
+      step.action == Step::Action::kWriteAndFinish) {
+    CountGrpcRequest(method_, step.status.error_code());
+  }
   switch (step.action) {
     case Step::Action::kWrite:
-      if (step.event->type() != v1::GenerationEvent::TYPE_HEARTBEAT) {
-        RecordFanout(*step.event);
-      }
       step.reactor->StartWrite(step.wire);
       break;
     case Step::Action::kFinish:
-      CountGrpcRequest(method_, step.status.error_code());
       step.reactor->Finish(step.status);
       break;
     case Step::Action::kWriteAndFinish:
-      if (step.event->type() != v1::GenerationEvent::TYPE_HEARTBEAT) {
-        RecordFanout(*step.event);
-      }
-      CountGrpcRequest(method_, step.status.error_code());
       step.reactor->StartWriteAndFinish(step.wire, grpc::WriteOptions(),
                                         step.status);
       break;
