@@ -243,6 +243,18 @@ std::string_view ColumnText(sqlite3_stmt* stmt, int i) {
            : std::string_view();
 }
 
+// Takes the data dir's lock, trying for up to `wait`: 0 or the errno of the
+// last attempt (EWOULDBLOCK while another process holds it).
+int LockDataDir(int fd, absl::Duration wait) {
+  const absl::Time deadline = absl::Now() + wait;
+  while (true) {
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return 0;
+    const int err = errno;
+    if (err != EWOULDBLOCK || absl::Now() >= deadline) return err;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+}
+
 }  // namespace
 
 int SqliteStore::SchemaVersion() { return kNumMigrations; }
@@ -277,8 +289,9 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(
   }
   const bool key_admin = options.role == SqliteOptions::Role::kKeyAdmin;
   bool locked = true;
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    const int err = errno;
+  if (int err =
+          LockDataDir(fd, key_admin ? absl::ZeroDuration() : options.lock_wait);
+      err != 0) {
     ::close(fd);
     fd = -1;
     locked = false;
@@ -289,9 +302,9 @@ absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(
     }
     if (!key_admin) {
       return absl::FailedPreconditionError(absl::StrFormat(
-          "data dir %s is in use by another videogen server (%s is locked); "
-          "stop that server or pass another --data_dir",
-          data_dir, lock_path));
+          "data dir %s is in use by another videogen server (%s stayed "
+          "locked for %s); stop that server or pass another --data_dir",
+          data_dir, lock_path, absl::FormatDuration(options.lock_wait)));
     }
     // The keys command beside a running server: no lock, no migration.
   }

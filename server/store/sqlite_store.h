@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "server/store/change_publisher.h"
 #include "server/store/store.h"
 
@@ -44,6 +45,11 @@ struct SqliteOptions {
   //    WAL locking (BEGIN IMMEDIATE; both sides wait up to busy_timeout_ms).
   enum class Role { kServer, kKeyAdmin };
   Role role = Role::kServer;
+  // How long a server waits for <data_dir>/videogen.lock before it says
+  // another server holds it. The keys command holds the lock for the few
+  // milliseconds it takes to create or migrate the database, and a server
+  // started in that moment must wait for it, not be refused.
+  absl::Duration lock_wait = absl::Seconds(2);
 };
 
 // The default Store: one SQLite file, <data_dir>/videogen.db, in WAL mode.

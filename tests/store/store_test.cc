@@ -4,9 +4,11 @@
 // checks on a damaged file, and the startup errors for bad data dirs.
 #include "server/store/store.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -625,6 +627,28 @@ TEST(SqliteStore, SecondServerOnTheSameDataDirIsRefused) {
               HasSubstr("is in use by another videogen server"));
   first.reset();
   EXPECT_NE(MustOpen(dir.path()), nullptr) << "the lock goes with the store";
+}
+
+// `videogen-server keys` holds the data dir's lock for the milliseconds it
+// takes to create or migrate the database. A server started in that moment
+// used to be refused as if another server ran there; it now waits for the
+// lock (SqliteOptions::lock_wait) and starts.
+TEST(SqliteStore, ServerWaitsForALockTheKeysCommandHoldsBriefly) {
+  TempDir dir;
+  ASSERT_NE(MustOpen(dir.path()), nullptr);  // the database and lock file
+  const std::string lock_path = dir.path() + "/videogen.lock";
+  const int fd = ::open(lock_path.c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);  // as `keys` does
+  std::thread keys_command([fd] {
+    absl::SleepFor(absl::Milliseconds(300));
+    ::close(fd);  // releases the lock
+  });
+  absl::StatusOr<std::unique_ptr<SqliteStore>> server =
+      SqliteStore::Open(dir.path());
+  keys_command.join();
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_TRUE(Ins(**server, MakeRecord("g1")).ok());
 }
 
 // `videogen-server keys` (issue 17): opens the data dir a running server
