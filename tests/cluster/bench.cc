@@ -189,7 +189,7 @@ FailoverFigures Failover(const std::string& lease, bool drain) {
       [](const auto& a, const auto& b) { return a.second < b.second; });
   const std::string victim = busiest->first;
   std::set<std::string> mine;
-  for (const auto& row : c->db().Query(absl::StrCat(
+  for (const auto& row : c->db().Rows(absl::StrCat(
            "SELECT id FROM generations WHERE NOT done AND owner = '", victim,
            "'"))) {
     mine.insert(row[0]);
@@ -208,7 +208,7 @@ FailoverFigures Failover(const std::string& lease, bool drain) {
          absl::Now() - killed < limit) {
     const double now_ms = absl::ToDoubleMilliseconds(absl::Now() - killed);
     for (const auto& row :
-         c->db().Query("SELECT id, owner FROM generations WHERE NOT done")) {
+         c->db().Rows("SELECT id, owner FROM generations WHERE NOT done")) {
       if (mine.count(row[0]) && row[1] != victim) {
         takeover_ms.emplace(row[0], now_ms);
       }

@@ -129,7 +129,7 @@ TEST(ClusterFailover, KillTheBusiestReplicaMidRun) {
   const int victim_generations = busiest->second;
   Replica* victim = c->ByReplicaId(victim_id);
   ASSERT_NE(victim, nullptr) << "lease owner " << victim_id;
-  const std::vector<std::vector<std::string>> victim_rows = c->db().Query(
+  const std::vector<std::vector<std::string>> victim_rows = c->db().Rows(
       absl::StrCat("SELECT id FROM generations WHERE NOT done AND owner = '",
                    victim_id, "'"));
   const int done_before_kill =

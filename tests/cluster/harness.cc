@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <libpq-fe.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -14,7 +13,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <random>
 #include <regex>
 #include <sstream>
 #include <thread>
@@ -30,7 +28,6 @@ extern char** environ;
 namespace videogen::cluster {
 namespace {
 
-constexpr char kDatabaseEnv[] = "VIDEOGEN_TEST_DATABASE_URL";
 constexpr char kSimKey[] = "sim-key";
 
 std::string ReadFile(const std::string& path) {
@@ -54,63 +51,6 @@ bool CanConnect(int port) {
       connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
   close(fd);
   return ok;
-}
-
-// 'value' quoted for a libpq key=value connection string.
-std::string Quote(const std::string& v) {
-  std::string out = "'";
-  for (char c : v) {
-    if (c == '\'' || c == '\\') out.push_back('\\');
-    out.push_back(c);
-  }
-  out.push_back('\'');
-  return out;
-}
-
-// `base` (URI or key=value) with dbname replaced.
-std::string WithDatabase(const std::string& base, const std::string& dbname) {
-  char* err = nullptr;
-  PQconninfoOption* opts = PQconninfoParse(base.c_str(), &err);
-  if (opts == nullptr) {
-    if (err) PQfreemem(err);
-    return "";
-  }
-  std::string out;
-  for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
-    if (std::string(o->keyword) == "dbname") continue;
-    if (o->val == nullptr || *o->val == '\0') continue;
-    absl::StrAppend(&out, o->keyword, "=", Quote(o->val), " ");
-  }
-  PQconninfoFree(opts);
-  absl::StrAppend(&out, "dbname=", Quote(dbname));
-  return out;
-}
-
-PGconn* Connect(const std::string& conninfo) {
-  PGconn* c = PQconnectdb(conninfo.c_str());
-  if (PQstatus(c) != CONNECTION_OK) {
-    ADD_FAILURE() << "cannot connect to the test PostgreSQL: "
-                  << PQerrorMessage(c);
-    PQfinish(c);
-    return nullptr;
-  }
-  return c;
-}
-
-bool Exec(PGconn* c, const std::string& sql) {
-  PGresult* r = PQexec(c, sql.c_str());
-  const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK ||
-                  PQresultStatus(r) == PGRES_TUPLES_OK;
-  if (!ok) ADD_FAILURE() << sql << ": " << PQresultErrorMessage(r);
-  PQclear(r);
-  return ok;
-}
-
-std::string Unique(const std::string& prefix) {
-  static std::atomic<int> counter{0};
-  std::random_device rd;
-  return absl::StrCat(prefix, getpid(), "_", counter.fetch_add(1), "_",
-                      rd() % 100000);
 }
 
 }  // namespace
@@ -234,72 +174,6 @@ const Paths& Bins() {
   static const Paths paths{VIDEOGEN_SERVER_BIN, VIDEOGEN_SIM_BIN,
                            VIDEOGEN_CLIENT_BIN, VIDEOGEN_CLUSTER_SH};
   return paths;
-}
-
-// ---- TestDatabase
-// --------------------------------------------------------------
-
-std::unique_ptr<TestDatabase> TestDatabase::Create() {
-  const char* base = std::getenv(kDatabaseEnv);
-  if (base == nullptr || *base == '\0') {
-    ADD_FAILURE() << kDatabaseEnv
-                  << " is not set: the cluster tests need a PostgreSQL "
-                     "server. Run them with `scripts/dev.sh test`, or: "
-                     "dir=$(mktemp -d) && scripts/pg.sh start $dir && export "
-                     "VIDEOGEN_TEST_DATABASE_URL=$(cat $dir/url)";
-    return nullptr;
-  }
-  PGconn* root = Connect(base);
-  if (root == nullptr) return nullptr;
-  const std::string name = Unique("vgcluster_");
-  const bool made = Exec(root, absl::StrCat("CREATE DATABASE ", name));
-  PQfinish(root);
-  if (!made) return nullptr;
-  const std::string url = WithDatabase(base, name);
-  PGconn* conn = Connect(url);
-  if (conn == nullptr) return nullptr;
-  return std::unique_ptr<TestDatabase>(new TestDatabase(base, name, url, conn));
-}
-
-TestDatabase::~TestDatabase() {
-  PQfinish(conn_);
-  PGconn* root = PQconnectdb(base_.c_str());
-  if (PQstatus(root) == CONNECTION_OK) {
-    PQclear(PQexec(
-        root, absl::StrCat("DROP DATABASE IF EXISTS ", name_, " WITH (FORCE)")
-                  .c_str()));
-  }
-  PQfinish(root);
-}
-
-std::vector<std::vector<std::string>> TestDatabase::Query(
-    const std::string& sql) {
-  std::vector<std::vector<std::string>> rows;
-  PGresult* r = PQexec(conn_, sql.c_str());
-  if (PQresultStatus(r) != PGRES_TUPLES_OK &&
-      PQresultStatus(r) != PGRES_COMMAND_OK) {
-    ADD_FAILURE() << sql << ": " << PQresultErrorMessage(r);
-  } else {
-    for (int i = 0; i < PQntuples(r); ++i) {
-      std::vector<std::string> row;
-      for (int j = 0; j < PQnfields(r); ++j) row.push_back(PQgetvalue(r, i, j));
-      rows.push_back(std::move(row));
-    }
-  }
-  PQclear(r);
-  return rows;
-}
-
-void TestDatabase::ServerExec(const std::string& sql) {
-  PGconn* root = Connect(base_);
-  if (root == nullptr) return;
-  Exec(root, sql);
-  PQfinish(root);
-}
-
-std::string TestDatabase::Scalar(const std::string& sql) {
-  auto rows = Query(sql);
-  return rows.empty() || rows[0].empty() ? "" : rows[0][0];
 }
 
 // ---- Sim
@@ -707,8 +581,8 @@ bool Cluster::Restart(int i, std::string* why) {
 std::map<std::string, int> Cluster::ActiveOwners() {
   std::map<std::string, int> out;
   for (const auto& row :
-       db_->Query("SELECT owner, count(*) FROM generations WHERE NOT done "
-                  "GROUP BY owner")) {
+       db_->Rows("SELECT owner, count(*) FROM generations WHERE NOT done "
+                 "GROUP BY owner")) {
     out[row[0]] = std::stoi(row[1]);
   }
   return out;

@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
+#include "tests/pgstore/postgres_test_db.h"
 #include "videogen/v1/video_generation.grpc.pb.h"
 
 typedef struct pg_conn PGconn;
@@ -83,38 +84,9 @@ struct Paths {
 };
 const Paths& Bins();
 
-// A fresh database on the server named by VIDEOGEN_TEST_DATABASE_URL,
-// dropped (WITH (FORCE)) on destruction. Create() records a gtest failure
-// that says what to do when the variable is unset.
-class TestDatabase {
- public:
-  static std::unique_ptr<TestDatabase> Create();
-  ~TestDatabase();
-  TestDatabase(const TestDatabase&) = delete;
-  TestDatabase& operator=(const TestDatabase&) = delete;
-
-  // libpq key=value connection string of the new database.
-  const std::string& url() const { return url_; }
-  // Rows of `sql`, each a vector of text columns. Fails the test on error.
-  std::vector<std::vector<std::string>> Query(const std::string& sql);
-  std::string Scalar(const std::string& sql);
-  // Runs `sql` on a new connection to the server's own database (the base
-  // URL), e.g. ALTER DATABASE on this one.
-  void ServerExec(const std::string& sql);
-  const std::string& name() const { return name_; }
-
- private:
-  TestDatabase(std::string base, std::string name, std::string url,
-               PGconn* conn)
-      : base_(std::move(base)),
-        name_(std::move(name)),
-        url_(std::move(url)),
-        conn_(conn) {}
-  std::string base_;
-  std::string name_;
-  std::string url_;
-  PGconn* conn_;
-};
+// A fresh database per test on VIDEOGEN_TEST_DATABASE_URL's server: the
+// PostgreSQL store tests' own (tests/pgstore/postgres_test_db.h).
+using ::videogen::store::pgtest::TestDatabase;
 
 // A running videogen-sim.
 class Sim {

@@ -117,24 +117,42 @@ std::string TestDatabase::url(const std::string& user) const {
   return WithDatabase(base_url_, name_, user);
 }
 
-std::vector<std::string> TestDatabase::Query(const std::string& sql) {
-  std::vector<std::string> out;
+std::vector<std::vector<std::string>> TestDatabase::Rows(
+    const std::string& sql) {
+  std::vector<std::vector<std::string>> rows;
   PGresult* r = PQexec(admin_, sql.c_str());
   if (PQresultStatus(r) != PGRES_TUPLES_OK &&
       PQresultStatus(r) != PGRES_COMMAND_OK) {
     ADD_FAILURE() << sql << ": " << PQresultErrorMessage(r);
   } else {
     for (int i = 0; i < PQntuples(r); ++i) {
-      out.emplace_back(PQnfields(r) > 0 ? PQgetvalue(r, i, 0) : "");
+      std::vector<std::string> row;
+      for (int j = 0; j < PQnfields(r); ++j) row.push_back(PQgetvalue(r, i, j));
+      rows.push_back(std::move(row));
     }
   }
   PQclear(r);
+  return rows;
+}
+
+std::vector<std::string> TestDatabase::Query(const std::string& sql) {
+  std::vector<std::string> out;
+  for (std::vector<std::string>& row : Rows(sql)) {
+    out.push_back(row.empty() ? "" : std::move(row[0]));
+  }
   return out;
 }
 
 std::string TestDatabase::Scalar(const std::string& sql) {
   std::vector<std::string> rows = Query(sql);
   return rows.empty() ? "" : rows[0];
+}
+
+void TestDatabase::ServerExec(const std::string& sql) {
+  PGconn* root = ConnectOrFail(base_url_);
+  if (root == nullptr) return;
+  Exec(root, sql);
+  PQfinish(root);
 }
 
 std::string TestDatabase::MakeRole() {

@@ -35,11 +35,16 @@ class TestDatabase {
   // A superuser connection to the new database, for the test's own SQL.
   PGconn* admin() { return admin_; }
 
-  // Runs `sql` on admin(); returns the first column of every row (text).
-  // Fails the test (and returns an empty vector) on error.
+  // Runs `sql` on admin(); returns every row, each a vector of text
+  // columns. Fails the test (and returns an empty vector) on error.
+  std::vector<std::vector<std::string>> Rows(const std::string& sql);
+  // The first column of every row.
   std::vector<std::string> Query(const std::string& sql);
   // A single value: the first column of the first row ("" when none).
   std::string Scalar(const std::string& sql);
+  // Runs `sql` on a new connection to the server's own database (the base
+  // URL), for what cannot run inside this one (ALTER DATABASE on it).
+  void ServerExec(const std::string& sql);
 
   // Creates a LOGIN role (non-superuser) that owns this database, so a
   // store connecting as it can migrate the schema. Returns its name.
