@@ -4,7 +4,8 @@
 // VIDEOGEN_TEST_DATABASE_URL (scripts/pg.sh start DIR prints one), so tests
 // are independent and may run in parallel. Without the variable a test
 // FAILS (never skips): these tests are only registered when PostgreSQL is
-// meant to be there (tests/pgstore/CMakeLists.txt).
+// meant to be there (VIDEOGEN_POSTGRES_TESTS in tests/pgstore and
+// tests/cluster, whose harness uses this class too).
 
 #include <libpq-fe.h>
 
