@@ -21,6 +21,9 @@ ABSL_FLAG(absl::Duration, queued_for, absl::Seconds(1),
           "how long a job stays queued");
 ABSL_FLAG(absl::Duration, generating_for, absl::Seconds(2),
           "how long a job stays generating");
+ABSL_FLAG(bool, hold_queued, false,
+          "keep every job queued until POST /sim/release; queued_for and "
+          "generating_for then count from the release");
 ABSL_FLAG(bool, realistic, false,
           "upstream-like timing: queued 30s, generating 5m per 5 s of clip");
 ABSL_FLAG(double, error_rate, 0, "share of jobs that end in status error");
@@ -103,6 +106,7 @@ int main(int argc, char** argv) {
   }
   o.api_key = absl::GetFlag(FLAGS_key);
   o.queued_for = absl::GetFlag(FLAGS_queued_for);
+  o.hold_queued = absl::GetFlag(FLAGS_hold_queued);
   o.generating_for = absl::GetFlag(FLAGS_generating_for);
   if (absl::GetFlag(FLAGS_realistic)) {
     o.queued_for = absl::Seconds(30);

@@ -489,7 +489,9 @@ class SimServer::Impl {
         id_rng_(std::random_device{}() ^ absl::ToUnixNanos(absl::Now())),
         job_rng_(options_.seed),
         fault_rng_(options_.seed ^ 0x5eedfa17ULL),
-        faults_(options_.faults) {}
+        faults_(options_.faults),
+        released_(options_.hold_queued ? absl::InfiniteFuture()
+                                       : absl::InfinitePast()) {}
 
   ~Impl() { Stop(); }
 
@@ -517,6 +519,12 @@ class SimServer::Impl {
   void SetFaults(std::vector<FaultRule> faults) {
     absl::MutexLock lock(&mu_);
     faults_ = std::move(faults);
+  }
+  bool Release() {
+    absl::MutexLock lock(&mu_);
+    if (released_ != absl::InfiniteFuture()) return false;
+    released_ = absl::Now();
+    return true;
   }
   void AddUsageRow(UsageRow row) {
     absl::MutexLock lock(&mu_);
@@ -567,7 +575,11 @@ class SimServer::Impl {
   void NoteHeaders(const httplib::Request& req, const std::string& id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  Phase PhaseOf(const Job& job, absl::Time now) const;
+  // When `job`'s clock starts: its creation, or the release of a hold.
+  absl::Time StartOf(const Job& job) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return std::max(job.created, released_);
+  }
+  Phase PhaseOf(const Job& job, absl::Time start, absl::Time now) const;
   json PollBody(const Job& job, Phase phase, bool legacy, bool odd,
                 const httplib::Request& req) const;
   std::string VideoUrl(const Job& job, const httplib::Request& req) const;
@@ -593,6 +605,8 @@ class SimServer::Impl {
   SimStats stats_ ABSL_GUARDED_BY(mu_);
   std::vector<UsageRow> rows_ ABSL_GUARDED_BY(mu_);  // in order of adding
   std::deque<absl::Time> logs_answered_ ABSL_GUARDED_BY(mu_);  // rate window
+  // Infinite future while a hold lasts, the infinite past without one.
+  absl::Time released_ ABSL_GUARDED_BY(mu_);
 };
 
 absl::Status SimServer::Impl::Start() {
@@ -683,6 +697,10 @@ void SimServer::Impl::Routes() {
               [this](const auto& req, auto& res) { HandleLogs(req, res); });
   server_.Get("/sim/stats",
               [this](const auto&, auto& res) { HandleStats(res); });
+  server_.Post("/sim/release", [this](const auto&, auto& res) {
+    json body = {{"released", Release()}};
+    res.set_content(body.dump(), "application/json");
+  });
 }
 
 bool SimServer::Impl::Admit(const httplib::Request& req, httplib::Response& res,
@@ -931,12 +949,16 @@ void SimServer::Impl::HandlePoll(const httplib::Request& req,
   }
   const std::string id = req.get_param_value("generation_id");
   std::optional<Job> job;
+  absl::Time start;
   {
     absl::MutexLock lock(&mu_);
     ++stats_.polls_by_id[id];
     NoteHeaders(req, id);
     auto it = jobs_.find(id);
-    if (it != jobs_.end()) job = it->second;
+    if (it != jobs_.end()) {
+      job = it->second;
+      start = StartOf(*job);
+    }
   }
   if (req.has_header("X-Client-Request-Id")) {
     res.set_header("X-Client-Request-Id",
@@ -948,7 +970,7 @@ void SimServer::Impl::HandlePoll(const httplib::Request& req,
     SendError(res, 404, "Generation not found", req.path, false);
     return;
   }
-  Phase phase = PhaseOf(*job, absl::Now());
+  Phase phase = PhaseOf(*job, start, absl::Now());
   SetInferenceId(res, job->id);
   SetCostHeaders(res, 0, 0);  // the create answer carried the cost
   SendBody(res, 200,
@@ -963,12 +985,16 @@ void SimServer::Impl::HandleFile(const httplib::Request& req,
     ++stats_.requests_by_path[kFilesRoute];
   }
   std::optional<Job> job;
+  absl::Time start;
   {
     absl::MutexLock lock(&mu_);
     auto uuid_it = id_by_uuid_.find(req.matches[1].str());
-    if (uuid_it != id_by_uuid_.end()) job = jobs_.at(uuid_it->second);
+    if (uuid_it != id_by_uuid_.end()) {
+      job = jobs_.at(uuid_it->second);
+      start = StartOf(*job);
+    }
   }
-  if (!job || PhaseOf(*job, absl::Now()) != Phase::kCompleted) {
+  if (!job || PhaseOf(*job, start, absl::Now()) != Phase::kCompleted) {
     SendError(res, 404, "File not found", req.path, false);
     return;
   }
@@ -1072,8 +1098,10 @@ void SimServer::Impl::HandleStats(httplib::Response& res) {
   res.set_content(body.dump(), "application/json");
 }
 
-Phase SimServer::Impl::PhaseOf(const Job& job, absl::Time now) const {
-  absl::Duration age = now - job.created;
+Phase SimServer::Impl::PhaseOf(const Job& job, absl::Time start,
+                               absl::Time now) const {
+  // Held: start is the infinite future, and so the age is negative.
+  absl::Duration age = now - start;
   absl::Duration generating = options_.generating_for;
   if (options_.scale_with_duration) generating *= job.duration / 5;
   if (age < options_.queued_for) return Phase::kQueued;
@@ -1141,6 +1169,7 @@ void SimServer::ResetStats() { impl_->ResetStats(); }
 void SimServer::SetFaults(std::vector<FaultRule> faults) {
   impl_->SetFaults(std::move(faults));
 }
+bool SimServer::Release() { return impl_->Release(); }
 void SimServer::AddUsageRow(UsageRow row) {
   impl_->AddUsageRow(std::move(row));
 }

@@ -53,6 +53,11 @@ struct SimOptions {
   std::string api_key = "sim-key";
   absl::Duration queued_for = absl::Seconds(1);      // queued -> generating
   absl::Duration generating_for = absl::Seconds(2);  // generating -> done
+  // Every job stays queued until Release() (POST /sim/release); from then on
+  // queued_for and generating_for count from the release, or from the job's
+  // creation if that is later. Lets a benchmark attach all its watchers,
+  // however long that takes, before the first change.
+  bool hold_queued = false;
   double error_rate = 0;  // share of jobs that end in `error`
   absl::Duration slow_delay = absl::Seconds(3);
   int retry_after_seconds = 1;  // value sent with FaultKind::k429
@@ -174,6 +179,9 @@ class SimServer {
   void ResetStats();
   // Replaces the fault rules at run time.
   void SetFaults(std::vector<FaultRule> faults);
+  // Ends the hold of SimOptions::hold_queued (also POST /sim/release).
+  // Returns false when there was nothing to release: no hold, or released.
+  bool Release();
 
   // Adds a usage-log row as if another client of the same key had made a
   // job at row.created (which may be in the past): lets tests fill windows

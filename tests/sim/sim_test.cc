@@ -353,6 +353,51 @@ TEST(SimTiming, QueuedThenGeneratingThenCompletedOnTheJobsClock) {
   EXPECT_GE(completed_at - before, absl::Milliseconds(500));
 }
 
+TEST(SimTiming, HeldJobsStayQueuedUntilReleasedThenRunFromTheRelease) {
+  SimOptions o = Sim::Fast();  // queued 200ms, generating 300ms
+  o.hold_queued = true;
+  Sim sim(o);
+  const std::string id = sim.Create(kNew);
+  // Longer than the whole job would take on its own clock.
+  absl::SleepFor(absl::Milliseconds(700));
+  auto held = sim.Poll(kNew, id);
+  ASSERT_TRUE(held);
+  EXPECT_EQ(json::parse(held->body)["status"], "queued");
+
+  const absl::Time released = absl::Now();
+  auto first = sim.Post("/sim/release", "");
+  ASSERT_TRUE(first);
+  EXPECT_EQ(json::parse(first->body)["released"], true);
+  auto again = sim.Post("/sim/release", "");
+  ASSERT_TRUE(again);
+  EXPECT_EQ(json::parse(again->body)["released"], false);  // already
+
+  std::vector<std::string> seen = {"queued"};
+  absl::Time completed_at;
+  while (absl::Now() - released < absl::Seconds(20)) {
+    auto res = sim.Poll(kNew, id);
+    ASSERT_TRUE(res);
+    std::string status = json::parse(res->body)["status"];
+    if (seen.back() != status) seen.push_back(status);
+    if (status == "completed") {
+      completed_at = absl::Now();
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_THAT(seen,
+              ::testing::ElementsAre("queued", "generating", "completed"));
+  // The job's phases count from the release, not from its creation.
+  EXPECT_GE(completed_at - released, absl::Milliseconds(500));
+}
+
+TEST(SimTiming, ReleaseWithoutAHoldChangesNothing) {
+  Sim sim;
+  EXPECT_FALSE(sim.server().Release());
+  const std::string id = sim.Create(kNew);
+  EXPECT_EQ(sim.WaitDone(kNew, id)["status"], "completed");
+}
+
 TEST(SimTiming, RealisticScalesGenerationWithClipLength) {
   SimOptions o = Sim::Fast();
   o.queued_for = absl::ZeroDuration();

@@ -47,6 +47,10 @@ ABSL_FLAG(std::vector<std::string>, watchers,
 ABSL_FLAG(int, generations, 10, "generations the watchers are spread over");
 ABSL_FLAG(int, streams_per_channel, 500,
           "streams per client channel (one TCP connection each)");
+ABSL_FLAG(absl::Duration, queued_for, absl::Seconds(1),
+          "sim time a job stays queued in the watchers scenario once the "
+          "bench releases it; the sim holds every job queued until all "
+          "watchers are attached");
 ABSL_FLAG(absl::Duration, generating_for, absl::Seconds(3),
           "sim time a job spends generating (also the bare update spacing)");
 ABSL_FLAG(absl::Duration, poll_interval, absl::Milliseconds(500),
@@ -134,22 +138,16 @@ int Run(int argc, char** argv) {
   WatchOptions wo;
   wo.generations = absl::GetFlag(FLAGS_generations);
   wo.streams_per_channel = absl::GetFlag(FLAGS_streams_per_channel);
+  wo.queued_for = absl::GetFlag(FLAGS_queued_for);
   wo.generating_for = absl::GetFlag(FLAGS_generating_for);
   wo.poll_interval = absl::GetFlag(FLAGS_poll_interval);
   const std::vector<std::string> scenarios = absl::GetFlag(FLAGS_scenarios);
 
   if (Has(scenarios, "watchers")) {
-    // Seconds of attach per stream, from the previous pair, so the sim
-    // keeps jobs queued until every watcher is attached (with 2x margin).
-    double attach_per_stream = 0.001;
     for (int n : Ints(absl::GetFlag(FLAGS_watchers))) {
       WatchPair pair;
       pair.n = n;
-      wo.queued_for = absl::Trunc(absl::Seconds(3 + 2 * attach_per_stream * n),
-                                  absl::Seconds(1));
-      pair.queued_for = wo.queued_for;
-      std::fprintf(stderr, "[bench] watchers %d: videogen (sim queued %s)\n", n,
-                   absl::FormatDuration(wo.queued_for).c_str());
+      std::fprintf(stderr, "[bench] watchers %d: videogen\n", n);
       const int runs = n <= absl::GetFlag(FLAGS_repeat_max_watchers)
                            ? std::max(1, absl::GetFlag(FLAGS_repeats))
                            : 1;
@@ -176,14 +174,6 @@ int Run(int argc, char** argv) {
         Merge(pair.videogen, v);
         Merge(pair.bare, b);
       }
-      double measured = 0;
-      for (const WatchRun* r : {&pair.videogen, &pair.bare}) {
-        if (r->ran && r->result.attach_time < absl::InfiniteDuration()) {
-          measured = std::max(measured,
-                              absl::ToDoubleSeconds(r->result.attach_time) / n);
-        }
-      }
-      if (measured > 0) attach_per_stream = measured;
       for (const WatchRun* r : {&pair.videogen, &pair.bare}) {
         std::fprintf(stderr, "[bench]   attach %s, %lld errors\n",
                      absl::FormatDuration(r->result.attach_time).c_str(),

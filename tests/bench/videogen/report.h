@@ -31,7 +31,8 @@ struct Report {
   SseOptions sse_options;
   std::vector<SsePair> sse;
 
-  // True when a stream or call failed, or a scenario could not run.
+  // True when a stream or call failed, a watcher attached after the first
+  // change, or a scenario could not run.
   bool AnyFailure() const;
 };
 

@@ -23,6 +23,8 @@ struct Paths {
 struct WatchOptions {
   int generations = 10;
   int streams_per_channel = 500;
+  // The watchers scenario's sim holds every job queued until all watchers
+  // are attached; this is its queued time from then on.
   absl::Duration queued_for;
   absl::Duration generating_for;
   absl::Duration poll_interval;
@@ -46,7 +48,6 @@ struct WatchRun {
 
 struct WatchPair {
   int n = 0;
-  absl::Duration queued_for;
   std::vector<std::pair<int64_t, int64_t>> p99_us;  // per run: videogen, bare
   WatchRun videogen;
   WatchRun bare;
