@@ -68,9 +68,25 @@ class Tally {
   LoadResult result_ ABSL_GUARDED_BY(mu_);
 };
 
-// One CreateGeneration call; on its end starts the next one and deletes
-// itself (a reactor may be deleted in OnDone, a context in its own unary
-// callback may not). gRPC calls OnDone once, on one of its threads.
+// Ends one call of a load: deletes it (its context and channel reference
+// with it), then records its result and starts the next call of the slot.
+// Takes copies: nothing of `call` is used after it is deleted.
+template <typename Call>
+void Finish(Call* call, v1::VideoGeneration::Stub* stub,
+            std::shared_ptr<Tally> tally, const grpc::Status& status,
+            absl::Duration took) {
+  delete call;
+  if (tally->Record(status, took)) new Call(stub, std::move(tally));
+}
+
+// One CreateGeneration call; on its end deletes itself (a reactor may be
+// deleted in OnDone, a context in its own unary callback may not), then
+// records and starts the next one. Deleting first matters: the last record
+// lets the load's caller return and drop its channel, and a context deleted
+// after that held the last reference, so the channel was destroyed on
+// gRPC's own callback thread (the bench crashed at the end of the
+// throughput scenario in 2 of 4 suites). gRPC calls OnDone once, on one of
+// its threads.
 class CreateCall : public grpc::ClientUnaryReactor {
  public:
   CreateCall(v1::VideoGeneration::Stub* stub, std::shared_ptr<Tally> tally)
@@ -81,10 +97,9 @@ class CreateCall : public grpc::ClientUnaryReactor {
   }
 
   void OnDone(const grpc::Status& status) override {
-    if (tally_->Record(status, absl::Now() - started_)) {
-      new CreateCall(stub_, tally_);
-    }
-    delete this;
+    const grpc::Status s = status;
+    const absl::Duration took = absl::Now() - started_;
+    Finish(this, stub_, tally_, s, took);
   }
 
  private:
@@ -96,8 +111,9 @@ class CreateCall : public grpc::ClientUnaryReactor {
   absl::Time started_;
 };
 
-// One Generate stream; on its end starts the next one and deletes itself.
-// gRPC serialises its callbacks, so its fields need no lock.
+// One Generate stream; on its end deletes itself, then records and starts
+// the next one (in that order, as CreateCall). gRPC serialises its
+// callbacks, so its fields need no lock.
 class GenerateCall : public grpc::ClientReadReactor<v1::GenerationEvent> {
  public:
   GenerateCall(v1::VideoGeneration::Stub* stub, std::shared_ptr<Tally> tally)
@@ -119,10 +135,7 @@ class GenerateCall : public grpc::ClientReadReactor<v1::GenerationEvent> {
     if (s.ok() && !terminal_) {
       s = grpc::Status(grpc::StatusCode::INTERNAL, "no terminal event");
     }
-    if (tally_->Record(s, absl::Now() - started_)) {
-      new GenerateCall(stub_, tally_);
-    }
-    delete this;
+    Finish(this, stub_, tally_, s, absl::Now() - started_);
   }
 
  private:
