@@ -330,27 +330,41 @@ TEST(SimIds, UnknownIdIs404AndCountedVerbatim) {
 
 // ------------------------------------------------------------ progression
 
-TEST(SimTiming, QueuedThenGeneratingThenCompletedOnTheJobsClock) {
-  Sim sim;  // queued 200ms, generating 300ms
-  const absl::Time before = absl::Now();
-  const std::string id = sim.Create(kNew);
+// The distinct statuses a job went through, polled every 20 ms until it
+// completed (for at most 20 s), and when the completion was seen.
+struct Phases {
   std::vector<std::string> seen;
-  absl::Time completed_at;
-  while (absl::Now() - before < absl::Seconds(20)) {
+  absl::Time completed_at = absl::InfiniteFuture();
+};
+Phases PollUntilCompleted(Sim& sim, const std::string& id) {
+  Phases p;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < deadline) {
     auto res = sim.Poll(kNew, id);
-    ASSERT_TRUE(res);
+    if (!res) {
+      ADD_FAILURE() << "poll of " << id << " got no answer";
+      break;
+    }
     std::string status = json::parse(res->body)["status"];
-    if (seen.empty() || seen.back() != status) seen.push_back(status);
+    if (p.seen.empty() || p.seen.back() != status) p.seen.push_back(status);
     if (status == "completed") {
-      completed_at = absl::Now();
+      p.completed_at = absl::Now();
       break;
     }
     absl::SleepFor(absl::Milliseconds(20));
   }
-  EXPECT_THAT(seen,
+  return p;
+}
+
+TEST(SimTiming, QueuedThenGeneratingThenCompletedOnTheJobsClock) {
+  Sim sim;  // queued 200ms, generating 300ms
+  const absl::Time before = absl::Now();
+  const std::string id = sim.Create(kNew);
+  Phases phases = PollUntilCompleted(sim, id);
+  EXPECT_THAT(phases.seen,
               ::testing::ElementsAre("queued", "generating", "completed"));
   // Completion can never come before queued_for + generating_for.
-  EXPECT_GE(completed_at - before, absl::Milliseconds(500));
+  EXPECT_GE(phases.completed_at - before, absl::Milliseconds(500));
 }
 
 TEST(SimTiming, HeldJobsStayQueuedUntilReleasedThenRunFromTheRelease) {
@@ -372,23 +386,11 @@ TEST(SimTiming, HeldJobsStayQueuedUntilReleasedThenRunFromTheRelease) {
   ASSERT_TRUE(again);
   EXPECT_EQ(json::parse(again->body)["released"], false);  // already
 
-  std::vector<std::string> seen = {"queued"};
-  absl::Time completed_at;
-  while (absl::Now() - released < absl::Seconds(20)) {
-    auto res = sim.Poll(kNew, id);
-    ASSERT_TRUE(res);
-    std::string status = json::parse(res->body)["status"];
-    if (seen.back() != status) seen.push_back(status);
-    if (status == "completed") {
-      completed_at = absl::Now();
-      break;
-    }
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  EXPECT_THAT(seen,
+  Phases phases = PollUntilCompleted(sim, id);
+  EXPECT_THAT(phases.seen,
               ::testing::ElementsAre("queued", "generating", "completed"));
   // The job's phases count from the release, not from its creation.
-  EXPECT_GE(completed_at - released, absl::Milliseconds(500));
+  EXPECT_GE(phases.completed_at - released, absl::Milliseconds(500));
 }
 
 TEST(SimTiming, ReleaseWithoutAHoldChangesNothing) {
